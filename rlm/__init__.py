@@ -1,0 +1,72 @@
+"""rlm: Recursive Language Models.
+
+An RLM answers a query over a context of any size without putting the context in the
+prompt: the context lives in a Python REPL, the model writes code to look at it and can
+hand pieces to sub-models (`llm_query`) or child RLMs (`rlm_query`), and ends with
+`FINAL(answer)`.
+
+```python
+import rlm
+result = rlm.run("What is the total salary of Engineering?", context=text,
+                 model="openai/gpt-4o-mini")
+print(result.answer, result.stop_reason, result.cost_usd)
+```
+"""
+
+from __future__ import annotations
+
+from rlm import errors, events
+from rlm.api import arun, run, stream
+from rlm.budget import Budget, ModelUsage
+from rlm.engine import RLM
+from rlm.errors import BudgetExceeded, ConfigurationError, ProviderError, RLMError
+from rlm.events import Event, EventBus
+from rlm.providers.base import (
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    RetryDetails,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+from rlm.providers.pricing import Price, set_price
+from rlm.providers.registry import register_provider, resolve_model
+from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RLM",
+    "Budget",
+    "BudgetExceeded",
+    "CodeExecution",
+    "ConfigurationError",
+    "Event",
+    "EventBus",
+    "Iteration",
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "ModelUsage",
+    "Price",
+    "ProviderError",
+    "RLMError",
+    "RLMResult",
+    "RetryDetails",
+    "StopReason",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "__version__",
+    "arun",
+    "errors",
+    "events",
+    "register_provider",
+    "resolve_model",
+    "run",
+    "set_price",
+    "stream",
+]

@@ -1,0 +1,155 @@
+"""`rlm.run`, `rlm.arun` and `rlm.stream`: one-call use of an `RLM`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from rlm.budget import Budget
+from rlm.engine import RLM, ReplSpec
+from rlm.events import Event, OnEvent
+from rlm.providers.base import Model
+from rlm.result import RLMResult
+from rlm.strategies.parsing import ParsingStrategy
+from rlm.strategies.termination import TerminationStrategy
+
+
+def _engine(
+    model: str | Model,
+    sub_model: str | Model | None,
+    max_iterations: int,
+    max_depth: int,
+    max_concurrency: int,
+    budget: Budget | None,
+    repl: ReplSpec,
+    parsing: ParsingStrategy | None,
+    termination: TerminationStrategy | None,
+    max_output_chars: int,
+    context_windows: Mapping[str, int] | None,
+    verbose: bool,
+) -> RLM:
+    return RLM(
+        model,
+        sub_model,
+        max_iterations=max_iterations,
+        max_depth=max_depth,
+        max_concurrency=max_concurrency,
+        budget=budget,
+        repl=repl,
+        parsing=parsing,
+        termination=termination,
+        max_output_chars=max_output_chars,
+        context_windows=context_windows,
+        verbose=verbose,
+    )
+
+
+def run(
+    query: str,
+    context: object,
+    model: str | Model,
+    sub_model: str | Model | None = None,
+    *,
+    max_iterations: int = 20,
+    max_depth: int = 1,
+    max_concurrency: int = 16,
+    budget: Budget | None = None,
+    repl: ReplSpec = "subprocess",
+    parsing: ParsingStrategy | None = None,
+    termination: TerminationStrategy | None = None,
+    max_output_chars: int = 10_000,
+    context_windows: Mapping[str, int] | None = None,
+    verbose: bool = False,
+    on_event: OnEvent = None,
+) -> RLMResult:
+    """Answer `query` over `context` (str, list, dict or any picklable object).
+
+    See `rlm.RLM` for the arguments. Blocking; `arun` is the async form.
+    """
+    engine = _engine(
+        model,
+        sub_model,
+        max_iterations,
+        max_depth,
+        max_concurrency,
+        budget,
+        repl,
+        parsing,
+        termination,
+        max_output_chars,
+        context_windows,
+        verbose,
+    )
+    return engine.run(query, context, on_event=on_event)
+
+
+async def arun(
+    query: str,
+    context: object,
+    model: str | Model,
+    sub_model: str | Model | None = None,
+    *,
+    max_iterations: int = 20,
+    max_depth: int = 1,
+    max_concurrency: int = 16,
+    budget: Budget | None = None,
+    repl: ReplSpec = "subprocess",
+    parsing: ParsingStrategy | None = None,
+    termination: TerminationStrategy | None = None,
+    max_output_chars: int = 10_000,
+    context_windows: Mapping[str, int] | None = None,
+    verbose: bool = False,
+    on_event: OnEvent = None,
+) -> RLMResult:
+    """Async `run`: same arguments. Cancelling the task stops the whole run tree."""
+    engine = _engine(
+        model,
+        sub_model,
+        max_iterations,
+        max_depth,
+        max_concurrency,
+        budget,
+        repl,
+        parsing,
+        termination,
+        max_output_chars,
+        context_windows,
+        verbose,
+    )
+    return await engine.arun(query, context, on_event=on_event)
+
+
+async def stream(
+    query: str,
+    context: object,
+    model: str | Model,
+    sub_model: str | Model | None = None,
+    *,
+    max_iterations: int = 20,
+    max_depth: int = 1,
+    max_concurrency: int = 16,
+    budget: Budget | None = None,
+    repl: ReplSpec = "subprocess",
+    parsing: ParsingStrategy | None = None,
+    termination: TerminationStrategy | None = None,
+    max_output_chars: int = 10_000,
+    context_windows: Mapping[str, int] | None = None,
+    verbose: bool = False,
+    on_event: OnEvent = None,
+) -> AsyncIterator[Event]:
+    """Events of a run as they happen, ending with `RunFinished`: see `RLM.stream`."""
+    engine = _engine(
+        model,
+        sub_model,
+        max_iterations,
+        max_depth,
+        max_concurrency,
+        budget,
+        repl,
+        parsing,
+        termination,
+        max_output_chars,
+        context_windows,
+        verbose,
+    )
+    async for event in engine.stream(query, context, on_event=on_event):
+        yield event

@@ -1,0 +1,884 @@
+"""The loop. `RLM` holds configuration; each call makes a `_Run`, child runs make more.
+
+The engine knows the protocols (`Model`, `Repl`, `ParsingStrategy`,
+`TerminationStrategy`, event subscribers) and nothing concrete behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from rlm import prompts
+from rlm.budget import Budget, Ledger
+from rlm.errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    MissingAPIKeyError,
+    ProviderError,
+    RLMError,
+)
+from rlm.events import (
+    CodeExecuted,
+    CodeStarted,
+    Event,
+    EventBus,
+    FinalAnswer,
+    IterationStarted,
+    ModelCallFinished,
+    ModelCallStarted,
+    ModelRetry,
+    OnEvent,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SubcallFinished,
+    SubcallStarted,
+    as_subscribers,
+    clip,
+    new_id,
+)
+from rlm.providers.base import (
+    Message,
+    Model,
+    ModelInfo,
+    ModelRequest,
+    ModelResponse,
+    RetryDetails,
+    ToolSpec,
+    describe_model,
+    retry_listener,
+)
+from rlm.providers.pricing import cost_usd
+from rlm.providers.registry import resolve_model
+from rlm.repl.base import ExecutionResult, LLMQueryError, Repl, ReplFactory
+from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
+from rlm.strategies.parsing import FencedCodeParser, ParsedReply, ParsingStrategy
+from rlm.strategies.termination import (
+    AnyOf,
+    BudgetLimit,
+    DeadlineLimit,
+    FinalAnswerReached,
+    MaxIterations,
+    RunState,
+    Stop,
+    TerminationStrategy,
+    default_termination,
+)
+
+CHARS_PER_TOKEN = 4
+# Share of a sub-model's window a prompt may fill; the rest is left for the reply.
+PROMPT_WINDOW_SHARE = 0.9
+
+ReplSpec = Literal["subprocess", "inprocess"] | ReplFactory
+
+CHILD_QUERY = (
+    "Your parent run sent you a prompt, loaded as `context` (preview below). Do what it "
+    "asks, using the data it contains, and give the result with FINAL."
+)
+
+# The engine ends a run on these whatever termination strategy is configured.
+_HARD_STOPS = AnyOf(FinalAnswerReached(), BudgetLimit(), DeadlineLimit(), MaxIterations())
+
+
+def _make_repl_factory(spec: ReplSpec) -> ReplFactory:
+    if spec == "inprocess":
+        from rlm.repl.inprocess import InProcessRepl
+
+        return InProcessRepl
+    if spec == "subprocess":
+        from rlm.repl.subprocess import SubprocessRepl
+
+        factory: ReplFactory = SubprocessRepl
+        return factory
+    if callable(spec):
+        return spec
+    raise ConfigurationError(
+        f"repl={spec!r}: use 'subprocess' (isolated, the default), 'inprocess' (trusted "
+        "code only) or a callable returning a Repl"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    model: Model
+    sub_model: Model
+    max_iterations: int
+    max_depth: int
+    max_concurrency: int
+    max_output_chars: int
+    repl_factory: ReplFactory
+    parsing: ParsingStrategy
+    termination: TerminationStrategy
+    context_windows: Mapping[str, int]
+    subscribers: tuple[Callable[..., Any], ...]
+
+
+@dataclass
+class _Shared:
+    """What every run in one tree shares."""
+
+    config: _Config
+    bus: EventBus
+    model_slots: asyncio.Semaphore
+    child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
+    models: dict[str, Model] = field(default_factory=dict)
+
+    def child_slot(self, depth: int) -> asyncio.Semaphore:
+        # One pool per depth: a run waiting for a child slot never holds a slot of the
+        # pool its own children wait on, so nested batches cannot deadlock.
+        if depth not in self.child_slots:
+            self.child_slots[depth] = asyncio.Semaphore(self.config.max_concurrency)
+        return self.child_slots[depth]
+
+
+class RLM:
+    """A configured Recursive Language Model: reusable, and safe to share across threads.
+
+    Each `run`/`arun`/`stream` call is independent: its own REPL, ledger and events.
+
+    Args:
+        model: the root model, a "provider/model" string or a `Model`.
+        sub_model: the model behind `llm_query` and child runs (default: `model`).
+        max_iterations: model turns before the run asks for a final answer.
+        max_depth: 1 means no child runs; 2 allows `rlm_query` children; and so on.
+        max_concurrency: sub-calls (and child runs) in flight at once, run-wide.
+        budget: token, cost, sub-call and time limits for the whole run tree.
+        repl: "subprocess" (isolated worker, default), "inprocess", or a Repl factory.
+        parsing: how replies are read (default `FencedCodeParser()`).
+        termination: when a run stops (default `default_termination()`).
+        max_output_chars: how much of each block's output the model sees.
+        context_windows: token windows by model name, for the sub-call size check.
+        on_event: subscriber(s) that receive every event of every run.
+        verbose: show a live view of runs in the terminal.
+    """
+
+    def __init__(
+        self,
+        model: str | Model,
+        sub_model: str | Model | None = None,
+        *,
+        max_iterations: int = 20,
+        max_depth: int = 1,
+        max_concurrency: int = 16,
+        budget: Budget | None = None,
+        repl: ReplSpec = "subprocess",
+        parsing: ParsingStrategy | None = None,
+        termination: TerminationStrategy | None = None,
+        max_output_chars: int = 10_000,
+        context_windows: Mapping[str, int] | None = None,
+        on_event: OnEvent = None,
+        verbose: bool = False,
+    ) -> None:
+        _require_int("max_iterations", max_iterations, 1)
+        _require_int("max_depth", max_depth, 1)
+        _require_int("max_concurrency", max_concurrency, 1)
+        _require_int("max_output_chars", max_output_chars, 100)
+        if budget is not None and not isinstance(budget, Budget):
+            raise ConfigurationError(f"budget must be an rlm.Budget, not {type(budget).__name__}")
+        if parsing is not None and not isinstance(parsing, ParsingStrategy):
+            raise ConfigurationError("parsing must be a rlm.strategies.ParsingStrategy")
+        if termination is not None and not isinstance(termination, TerminationStrategy):
+            raise ConfigurationError("termination must be a rlm.strategies.TerminationStrategy")
+        root = resolve_model(model)
+        sub = resolve_model(sub_model) if sub_model is not None else root
+        subscribers = as_subscribers(on_event)
+        if verbose:
+            from rlm.telemetry.console import ConsoleView
+
+            subscribers.append(ConsoleView())
+        self.budget = budget
+        self._config = _Config(
+            model=root,
+            sub_model=sub,
+            max_iterations=max_iterations,
+            max_depth=max_depth,
+            max_concurrency=max_concurrency,
+            max_output_chars=max_output_chars,
+            repl_factory=_make_repl_factory(repl),
+            parsing=parsing or FencedCodeParser(),
+            termination=termination or default_termination(),
+            context_windows=dict(context_windows or {}),
+            subscribers=tuple(subscribers),
+        )
+
+    @property
+    def model(self) -> Model:
+        return self._config.model
+
+    @property
+    def sub_model(self) -> Model:
+        return self._config.sub_model
+
+    async def arun(
+        self,
+        query: str,
+        context: object,
+        *,
+        on_event: OnEvent = None,
+        budget: Budget | None = None,
+    ) -> RLMResult:
+        """Answer `query` over `context`. Cancelling the task stops the whole run tree."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigurationError("query must be a non-empty string")
+        budget = budget if budget is not None else self.budget
+        if budget is not None and not isinstance(budget, Budget):
+            raise ConfigurationError(f"budget must be an rlm.Budget, not {type(budget).__name__}")
+        self._check_cost_budget(budget)
+        from rlm.telemetry import default_subscribers
+
+        bus = EventBus(
+            [*default_subscribers(), *self._config.subscribers, *as_subscribers(on_event)]
+        )
+        shared = _Shared(
+            config=self._config,
+            bus=bus,
+            model_slots=asyncio.Semaphore(self._config.max_concurrency),
+        )
+        ledger = Ledger(budget, cost_usd)
+        run = _Run(shared, ledger, query=query, context=context, depth=0, model=self._config.model)
+        return await run.execute()
+
+    def run(
+        self,
+        query: str,
+        context: object,
+        *,
+        on_event: OnEvent = None,
+        budget: Budget | None = None,
+    ) -> RLMResult:
+        """Blocking `arun`. Works inside a running event loop too (it uses a thread)."""
+
+        def blocking() -> RLMResult:
+            return asyncio.run(self.arun(query, context, on_event=on_event, budget=budget))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return blocking()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-run") as pool:
+            return pool.submit(blocking).result()
+
+    async def stream(
+        self,
+        query: str,
+        context: object,
+        *,
+        on_event: OnEvent = None,
+        budget: Budget | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events as they happen, ending with the root's `RunFinished`.
+
+        If the run fails, the `RunFailed` event is yielded and then the error is raised.
+        Leaving the loop early cancels the run.
+        """
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        subscribers = [queue.put_nowait, *as_subscribers(on_event)]
+        task = asyncio.ensure_future(self.arun(query, context, on_event=subscribers, budget=budget))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _check_cost_budget(self, budget: Budget | None) -> None:
+        if budget is None or budget.max_cost_usd is None:
+            return
+        from rlm.providers.pricing import price_for
+
+        for model in {self._config.model.name, self._config.sub_model.name}:
+            if price_for(model) is None:
+                raise ConfigurationError(
+                    f"Budget(max_cost_usd=...) needs prices, and {model!r} has none. Add one "
+                    "with rlm.set_price(name, rlm.Price(input=..., output=...)) or use "
+                    "max_tokens instead."
+                )
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, not {value!r}")
+
+
+class _Run:
+    """One run: the loop over model turns, and the host side of the REPL's helpers."""
+
+    def __init__(
+        self,
+        shared: _Shared,
+        ledger: Ledger,
+        *,
+        query: str,
+        context: object,
+        depth: int,
+        model: Model,
+        parent_run_id: str | None = None,
+        parent_subcall_id: str | None = None,
+    ) -> None:
+        self.shared = shared
+        self.config = shared.config
+        self.ledger = ledger
+        self.query = query
+        self.context = context
+        self.depth = depth
+        self.model = model
+        self.model_info = describe_model(model)
+        self.run_id = new_id()
+        self.parent_run_id = parent_run_id
+        self.parent_subcall_id = parent_subcall_id
+        self.iteration = 0
+        self.history: list[Iteration] = []
+        self.errors: list[str | None] = []
+        self.current_exec_id: str | None = None
+        self.fatal: BaseException | None = None
+        self.started = time.perf_counter()
+
+    # -- events ---------------------------------------------------------------------
+
+    def _base(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "depth": self.depth}
+
+    async def emit(self, event: Event) -> None:
+        await self.shared.bus.emit(event)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def execute(self) -> RLMResult:
+        config = self.config
+        info = prompts.describe_context(self.context)
+        await self.emit(
+            RunStarted(
+                **self._base(),
+                query=self.query,
+                model=self.model_info.name,
+                sub_model=config.sub_model.name,
+                provider=self.model_info.provider,
+                max_iterations=config.max_iterations,
+                max_depth=config.max_depth,
+                context_type=info.type_name,
+                context_chars=info.chars,
+                parent_subcall_id=self.parent_subcall_id,
+            )
+        )
+        repl: Repl | None = None
+        stop: Stop | None = None
+        answer: str | None = None
+        try:
+            repl = config.repl_factory()
+            await repl.start(self.context, self)
+            messages = self._opening_messages(info)
+            deadline = self.ledger.remaining_seconds() if self.depth == 0 else None
+            try:
+                async with asyncio.timeout(deadline):
+                    stop, answer = await self._loop(repl, messages)
+            except TimeoutError:
+                stop = Stop("deadline", "the deadline passed", limit="max_seconds")
+            if stop.ask_for_final and answer is None:
+                answer = await self._ask_for_final(repl, messages)
+        except asyncio.CancelledError:
+            deadline_passed = self.ledger.budget.max_seconds is not None and (
+                self.ledger.remaining_seconds() == 0
+            )
+            reason: StopReason = "deadline" if deadline_passed else "cancelled"
+            result = self._result(None, Stop(reason, "the run was cancelled"))
+            await self._finish_quietly(repl, RunFinished(**self._base(), result=result))
+            raise
+        except Exception as exc:
+            result = self._result(None, Stop("error", str(exc)), error=exc)
+            if isinstance(exc, RLMError) and exc.result is None:
+                exc.result = result
+            await self._finish_quietly(
+                repl, RunFailed(**self._base(), error_type=type(exc).__name__, error=str(exc))
+            )
+            raise
+        result = self._result(answer, stop)
+        await self._finish_quietly(repl, RunFinished(**self._base(), result=result))
+        return result
+
+    async def _finish_quietly(self, repl: Repl | None, event: Event) -> None:
+        try:
+            if repl is not None:
+                await repl.close()
+        finally:
+            await self.emit(event)
+
+    def _opening_messages(self, info: prompts.ContextInfo) -> list[Message]:
+        sub_info = describe_model(self.config.sub_model)
+        window = self._window_tokens(sub_info)
+        system = prompts.system_prompt(
+            context_type=f"{info.type_name}, {info.chars:,} characters",
+            format_instructions=self.config.parsing.instructions(),
+            can_recurse=self.depth + 1 < self.config.max_depth,
+            subcall_window_chars=self._window_chars(window) if window else None,
+        )
+        return [
+            Message("system", system, cache_breakpoint=True),
+            Message("user", prompts.first_user_message(self.query, info)),
+        ]
+
+    async def _loop(self, repl: Repl, messages: list[Message]) -> tuple[Stop, str | None]:
+        config = self.config
+        parsing = config.parsing
+        tools = parsing.tools()
+        while True:
+            self.iteration += 1
+            turn_started = time.perf_counter()
+            await self.emit(IterationStarted(**self._base(), iteration=self.iteration))
+            try:
+                response = await self.call_model(
+                    self.model, self.model_info, messages, purpose="root", tools=tools
+                )
+            except BudgetExceeded as exc:
+                self.iteration -= 1
+                return self._budget_stop(exc), None
+            usage_before = response.usage
+            parsed = parsing.parse(response)
+            messages.append(parsing.assistant_message(response))
+            executions, outputs, final, source, last_error = await self._run_blocks(repl, parsed)
+            if final is None and parsed.final is not None:
+                final, note = await self._resolve_marker(repl, parsed)
+                source = "text"
+                if note:
+                    outputs.append(note)
+                    last_error = note
+            if not parsed.code_blocks and parsed.final is None:
+                messages.extend(parsing.reminder(response))
+            elif final is None or outputs:
+                messages.extend(parsing.feedback(parsed, outputs))
+            self.history.append(
+                Iteration(
+                    index=self.iteration,
+                    response=response.text,
+                    executions=tuple(executions),
+                    final_answer=final,
+                    usage=usage_before,
+                    duration_s=time.perf_counter() - turn_started,
+                )
+            )
+            self.errors.append(last_error)
+            if self.fatal is not None:
+                raise self.fatal
+            if final is not None:
+                await self.emit(
+                    FinalAnswer(
+                        **self._base(), answer=final, source=source, iteration=self.iteration
+                    )
+                )
+            stop = self._check_termination(final)
+            if stop is not None:
+                return stop, final
+
+    def _check_termination(self, final: str | None) -> Stop | None:
+        snap = self.ledger.snapshot()
+        exceeded = self.ledger.exceeded()
+        state = RunState(
+            iteration=self.iteration,
+            max_iterations=self.config.max_iterations,
+            depth=self.depth,
+            final_answer=final,
+            usage=snap.usage,
+            cost_usd=snap.cost_usd,
+            subcalls=snap.subcalls,
+            elapsed_s=self.ledger.elapsed(),
+            budget=self.ledger.budget,
+            exceeded_limit=exceeded.limit if exceeded else None,
+            exceeded_message=str(exceeded) if exceeded else None,
+            errors=tuple(self.errors),
+        )
+        return self.config.termination.check(state) or _HARD_STOPS.check(state)
+
+    def _budget_stop(self, exc: BudgetExceeded) -> Stop:
+        reason: StopReason = "deadline" if exc.limit == "max_seconds" else "budget"
+        return Stop(reason, str(exc), limit=exc.limit)
+
+    async def _run_blocks(
+        self, repl: Repl, parsed: ParsedReply
+    ) -> tuple[list[CodeExecution], list[str], str | None, Literal["code", "text"], str | None]:
+        executions: list[CodeExecution] = []
+        outputs: list[str] = []
+        last_error: str | None = None
+        for index, block in enumerate(parsed.code_blocks, start=1):
+            exec_id = new_id()
+            await self.emit(
+                CodeStarted(
+                    **self._base(),
+                    exec_id=exec_id,
+                    iteration=self.iteration,
+                    index=index,
+                    code=block.code,
+                )
+            )
+            self.current_exec_id = exec_id
+            try:
+                result = await repl.execute(block.code)
+            finally:
+                self.current_exec_id = None
+            self.ledger.record_execution()
+            await self.emit(
+                CodeExecuted(
+                    **self._base(),
+                    exec_id=exec_id,
+                    iteration=self.iteration,
+                    index=index,
+                    code=block.code,
+                    stdout=clip(result.stdout),
+                    stderr=clip(result.stderr),
+                    error=result.error,
+                    duration_s=result.duration_s,
+                    restarted=result.restarted,
+                )
+            )
+            executions.append(_record(block.code, result))
+            outputs.append(prompts.format_execution(index, result, self.config.max_output_chars))
+            if result.error:
+                last_error = result.error
+            if result.final is not None:
+                return executions, outputs, result.final, "code", last_error
+            if self.fatal is not None:
+                break
+        return executions, outputs, None, "code", last_error
+
+    async def _resolve_marker(
+        self, repl: Repl, parsed: ParsedReply
+    ) -> tuple[str | None, str | None]:
+        marker = parsed.final
+        assert marker is not None
+        if marker.kind == "answer":
+            return marker.value, None
+        lookup = await repl.lookup_variable(marker.value)
+        if lookup.value is not None:
+            return lookup.value, None
+        return None, lookup.error
+
+    async def _ask_for_final(self, repl: Repl, messages: list[Message]) -> str | None:
+        """One last request for the answer when the run is out of iterations."""
+        tool_mode = bool(self.config.parsing.tools())
+        ask = prompts.LAST_ITERATION_TOOLS if tool_mode else prompts.LAST_ITERATION
+        request = [*messages, Message("user", ask)]
+        try:
+            response = await self.call_model(
+                self.model,
+                self.model_info,
+                request,
+                purpose="final",
+                tools=self.config.parsing.tools(),
+            )
+        except (BudgetExceeded, ProviderError):
+            return None
+        parsed = self.config.parsing.parse(response)
+        answer: str | None
+        if parsed.final is not None:
+            answer, _ = await self._resolve_marker(repl, parsed)
+        else:
+            answer = response.text.strip() or None
+        if answer is not None:
+            await self.emit(
+                FinalAnswer(
+                    **self._base(), answer=answer, source="forced", iteration=self.iteration
+                )
+            )
+        return answer
+
+    def _result(
+        self, answer: str | None, stop: Stop, error: BaseException | None = None
+    ) -> RLMResult:
+        snap = self.ledger.snapshot()
+        return RLMResult(
+            answer=answer,
+            stop_reason=stop.reason,
+            iterations=self.iteration,
+            total_input_tokens=snap.usage.input_tokens,
+            total_output_tokens=snap.usage.output_tokens,
+            code_executions=snap.executions,
+            sub_calls=snap.subcalls,
+            history=tuple(self.history),
+            usage=dict(snap.by_model),
+            cost_usd=snap.cost_usd,
+            duration_s=time.perf_counter() - self.started,
+            run_id=self.run_id,
+            limit=stop.limit,
+            error=(
+                f"{type(error).__name__}: {error}"
+                if error is not None
+                else (stop.detail if stop.reason == "error" else None)
+            ),
+        )
+
+    # -- model calls ------------------------------------------------------------------
+
+    async def call_model(
+        self,
+        model: Model,
+        info: ModelInfo,
+        messages: Sequence[Message],
+        *,
+        purpose: Literal["root", "subcall", "final"],
+        subcall_id: str | None = None,
+        tools: tuple[ToolSpec, ...] = (),
+    ) -> ModelResponse:
+        """Every model call goes through here: budget, concurrency, events, usage."""
+        self.ledger.check()
+        sent = list(messages)
+        if sent and not sent[-1].cache_breakpoint:
+            # Mark the end of this request so the next one, which repeats it as its
+            # prefix, can be served from the provider's prompt cache.
+            sent[-1] = replace(sent[-1], cache_breakpoint=True)
+        request = ModelRequest(messages=tuple(sent), tools=tools, purpose=purpose)
+        call_id = new_id()
+        async with self.shared.model_slots:
+            self.ledger.check()
+            await self.emit(
+                ModelCallStarted(
+                    **self._base(),
+                    call_id=call_id,
+                    model=info.name,
+                    provider=info.provider,
+                    purpose=purpose,
+                    iteration=self.iteration if purpose != "subcall" else None,
+                    subcall_id=subcall_id,
+                    message_count=len(sent),
+                    prompt_chars=sum(len(m.content) for m in sent),
+                    last_message=clip(sent[-1].content) if sent else "",
+                )
+            )
+
+            async def on_retry(details: RetryDetails) -> None:
+                await self.emit(
+                    ModelRetry(
+                        **self._base(),
+                        call_id=call_id,
+                        model=details.model,
+                        attempt=details.attempt,
+                        wait_s=details.wait_s,
+                        error_type=details.error_type,
+                        error=details.error,
+                    )
+                )
+
+            token = retry_listener.set(on_retry)
+            started = time.perf_counter()
+            try:
+                response = await model.complete(request)
+            except Exception as exc:
+                await self.emit(
+                    ModelCallFinished(
+                        **self._base(),
+                        call_id=call_id,
+                        model=info.name,
+                        provider=info.provider,
+                        purpose=purpose,
+                        subcall_id=subcall_id,
+                        latency_s=time.perf_counter() - started,
+                        error_type=type(exc).__name__,
+                        error=str(exc),
+                    )
+                )
+                raise
+            finally:
+                retry_listener.reset(token)
+        latency = time.perf_counter() - started
+        usage = response.usage if response.usage.requests else replace(response.usage, requests=1)
+        cost = self.ledger.record(info.name, usage)
+        await self.emit(
+            ModelCallFinished(
+                **self._base(),
+                call_id=call_id,
+                model=info.name,
+                provider=info.provider,
+                purpose=purpose,
+                subcall_id=subcall_id,
+                response_model=response.model,
+                usage=usage,
+                cost_usd=cost,
+                latency_s=latency,
+                finish_reason=response.finish_reason,
+                text=clip(response.text),
+                text_chars=len(response.text),
+            )
+        )
+        return response
+
+    # -- ReplHost: what llm_query & co. call ------------------------------------------
+
+    async def llm_query(self, prompt: str, model: str | None = None) -> str:
+        return await self._subcall(prompt, model, recursive=False)
+
+    async def rlm_query(self, prompt: str, model: str | None = None) -> str:
+        return await self._subcall(prompt, model, recursive=True)
+
+    async def llm_query_batched(
+        self, prompts_: Sequence[str], model: str | None = None
+    ) -> list[str]:
+        return await self._batch(prompts_, model, recursive=False)
+
+    async def rlm_query_batched(
+        self, prompts_: Sequence[str], model: str | None = None
+    ) -> list[str]:
+        return await self._batch(prompts_, model, recursive=True)
+
+    async def _batch(self, items: Sequence[str], model: str | None, recursive: bool) -> list[str]:
+        async def one(index: int, prompt: str) -> str:
+            try:
+                return await self._subcall(prompt, model, recursive, (index, len(items)))
+            except LLMQueryError as exc:
+                return f"[error: {exc}]"
+
+        # Concurrency is bounded where the work happens (model-call and child-run slots),
+        # so gathering everything here is safe.
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(items))))
+
+    def _sub_model(self, name: str | None) -> Model:
+        if name is None:
+            return self.config.sub_model
+        cache = self.shared.models
+        if name not in cache:
+            if name in (self.config.model.name, self.config.sub_model.name):
+                cache[name] = (
+                    self.config.sub_model
+                    if name == self.config.sub_model.name
+                    else self.config.model
+                )
+            else:
+                try:
+                    cache[name] = resolve_model(name)
+                except ConfigurationError as exc:
+                    raise LLMQueryError(str(exc)) from None
+        return cache[name]
+
+    def _window_tokens(self, info: ModelInfo) -> int | None:
+        return self.config.context_windows.get(info.name, info.context_window)
+
+    @staticmethod
+    def _window_chars(window_tokens: int) -> int:
+        return int(window_tokens * CHARS_PER_TOKEN * PROMPT_WINDOW_SHARE)
+
+    async def _subcall(
+        self,
+        prompt: str,
+        model_name: str | None,
+        recursive: bool,
+        batch: tuple[int, int] | None = None,
+    ) -> str:
+        model = self._sub_model(model_name)
+        info = describe_model(model)
+        recursive = recursive and self.depth + 1 < self.config.max_depth
+        try:
+            self.ledger.start_subcall()
+        except BudgetExceeded as exc:
+            raise LLMQueryError(f"sub-call not made: {exc}") from None
+        subcall_id = new_id()
+        started = time.perf_counter()
+        await self.emit(
+            SubcallStarted(
+                **self._base(),
+                subcall_id=subcall_id,
+                exec_id=self.current_exec_id,
+                recursive=recursive,
+                model=info.name,
+                prompt=clip(prompt),
+                prompt_chars=len(prompt),
+                batch_index=batch[0] if batch else None,
+                batch_size=batch[1] if batch else None,
+            )
+        )
+        child_run_id: str | None = None
+        text = ""
+        error: str | None = None
+        try:
+            if recursive:
+                child_run_id, text = await self._child_run(prompt, model, subcall_id)
+            else:
+                window = self._window_tokens(info)
+                if window is not None and len(prompt) > self._window_chars(window):
+                    raise LLMQueryError(
+                        prompts.subcall_too_large(
+                            len(prompt), info.name, window, self._window_chars(window)
+                        )
+                    )
+                response = await self.call_model(
+                    model,
+                    info,
+                    [Message("user", prompt)],
+                    purpose="subcall",
+                    subcall_id=subcall_id,
+                )
+                text = response.text
+        except LLMQueryError as exc:
+            error = str(exc)
+            raise
+        except BudgetExceeded as exc:
+            error = f"sub-call not made: {exc}"
+            raise LLMQueryError(error) from None
+        except (AuthenticationError, MissingAPIKeyError) as exc:
+            # Not something the model's code can fix: end the run after this block.
+            self.fatal = self.fatal or exc
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        except ProviderError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        except RLMError as exc:
+            self.fatal = self.fatal or exc
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        finally:
+            await self.emit(
+                SubcallFinished(
+                    **self._base(),
+                    subcall_id=subcall_id,
+                    ok=error is None,
+                    response=clip(text),
+                    response_chars=len(text),
+                    error=error,
+                    duration_s=time.perf_counter() - started,
+                    child_run_id=child_run_id,
+                )
+            )
+        return text
+
+    async def _child_run(self, prompt: str, model: Model, subcall_id: str) -> tuple[str, str]:
+        async with self.shared.child_slot(self.depth + 1):
+            child = _Run(
+                self.shared,
+                self.ledger.child(),
+                query=CHILD_QUERY,
+                context=prompt,
+                depth=self.depth + 1,
+                model=model,
+                parent_run_id=self.run_id,
+                parent_subcall_id=subcall_id,
+            )
+            result = await child.execute()
+        if result.answer is None:
+            raise LLMQueryError(
+                f"the child run stopped without an answer ({result.stop_reason}"
+                f"{': ' + result.error if result.error else ''})"
+            )
+        return child.run_id, result.answer
+
+
+def _record(code: str, result: ExecutionResult) -> CodeExecution:
+    return CodeExecution(
+        code=code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        error=result.error,
+        duration_s=result.duration_s,
+        stdout_chars=result.stdout_chars,
+        stderr_chars=result.stderr_chars,
+        restarted=result.restarted,
+    )

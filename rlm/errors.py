@@ -1,0 +1,112 @@
+"""Every exception rlm raises, in one tree.
+
+```
+RLMError
+├── ConfigurationError          bad arguments, unknown model string, missing API key
+│   ├── UnknownModelError
+│   └── MissingAPIKeyError
+├── ProviderError               a model call failed (after retries)
+│   ├── AuthenticationError     401/403: the key is wrong or lacks access
+│   ├── RateLimitError          429 after every retry
+│   ├── ContextTooLongError     the request does not fit the model's window
+│   ├── BadRequestError         400/404/422: the request was refused
+│   ├── ProviderUnavailableError  5xx/529, timeouts, connection errors after every retry
+│   └── MalformedResponseError  the reply could not be read
+├── BudgetExceeded              a Budget limit was reached (the run stops with "budget"/"deadline")
+├── ScriptError                 a ScriptedModel ran out of steps or has steps left over
+├── ReplError                   the REPL could not start or talk to its worker
+└── TrajectoryError             a trajectory file could not be read
+```
+
+Every message says what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rlm.result import RLMResult
+
+
+class RLMError(Exception):
+    """Base class of every error rlm raises.
+
+    When an error ends a run, `result` holds what the run had done until then
+    (`stop_reason="error"`, usage and history included), so nothing is lost.
+    """
+
+    result: RLMResult | None = None
+
+
+class ConfigurationError(RLMError, ValueError):
+    """The library was called with arguments it cannot use."""
+
+
+class UnknownModelError(ConfigurationError):
+    """A model string names no registered provider."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """A provider needs a key that was neither passed nor found in the environment."""
+
+
+class ProviderError(RLMError):
+    """A model call failed after every retry. `status` is the HTTP status when known."""
+
+    def __init__(self, message: str, *, model: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.model = model
+        self.status = status
+
+
+class AuthenticationError(ProviderError):
+    """The provider rejected the credentials."""
+
+
+class RateLimitError(ProviderError):
+    """The provider kept rate-limiting after every retry."""
+
+
+class ContextTooLongError(ProviderError):
+    """The request is larger than the model accepts."""
+
+
+class BadRequestError(ProviderError):
+    """The provider refused the request as invalid."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider could not be reached or kept failing (5xx, timeouts, connection)."""
+
+
+class MalformedResponseError(ProviderError):
+    """The provider answered with something that is not a usable reply."""
+
+
+class BudgetExceeded(RLMError):
+    """A `Budget` limit was reached; no new model call may start.
+
+    `limit` names the limit ("max_tokens", "max_cost_usd", "max_subcalls",
+    "max_seconds"); `stop_reason` is "deadline" for `max_seconds`, else "budget".
+    """
+
+    def __init__(self, limit: str, message: str):
+        super().__init__(message)
+        self.limit = limit
+
+    @property
+    def stop_reason(self) -> str:
+        return "deadline" if self.limit == "max_seconds" else "budget"
+
+
+class ScriptError(RLMError, AssertionError):
+    """A scripted test model was used differently from its script."""
+
+
+class ReplError(RLMError):
+    """The REPL could not start, or lost its worker in a way it could not recover from."""
+
+
+class TrajectoryError(RLMError):
+    """A trajectory file is missing, truncated or not a trajectory."""

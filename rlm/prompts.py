@@ -1,0 +1,180 @@
+"""Every piece of text the engine sends to a model lives here.
+
+The system prompt names the helpers and stays short; the first user message carries the
+query and a description of the context (type, size, a short preview), never the context
+itself; later messages carry execution results, cut head and tail to a set size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from rlm.repl.base import ExecutionResult
+from rlm.repl.output import cut_middle
+
+PREVIEW_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ContextInfo:
+    """A cheap description of the context: never a copy of it."""
+
+    type_name: str
+    chars: int
+    items: int | None
+    preview: str
+
+
+def describe_context(context: object, preview_chars: int = PREVIEW_CHARS) -> ContextInfo:
+    """Type, size and a preview of `context`, computed without copying large values."""
+    type_name = type(context).__name__
+    if isinstance(context, str):
+        return ContextInfo(type_name, len(context), None, context[:preview_chars])
+    if isinstance(context, bytes | bytearray):
+        return ContextInfo(type_name, len(context), None, repr(bytes(context[:preview_chars])))
+    if isinstance(context, Mapping):
+        keys = list(_take(context.keys(), 20))
+        chars = sum(len(str(k)) + _size(v) for k, v in context.items())
+        preview = f"keys: {keys!r}"[:preview_chars]
+        return ContextInfo(type_name, chars, len(context), preview)
+    if isinstance(context, Sequence | set | frozenset):
+        items = list(_take(context, 3))
+        chars = sum(_size(v) for v in context)
+        shown = ", ".join(repr(v)[: preview_chars // 3] for v in items)
+        return ContextInfo(
+            type_name, chars, len(context), f"first items: [{shown}]"[:preview_chars]
+        )
+    text = repr(context)
+    return ContextInfo(type_name, len(text), None, text[:preview_chars])
+
+
+def _take(values: Iterable[object], n: int) -> list[object]:
+    out: list[object] = []
+    for i, v in enumerate(values):
+        if i >= n:
+            break
+        out.append(v)
+    return out
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return len(str(value))
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + _size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value)
+    return len(repr(value))
+
+
+SYSTEM_PROMPT = """\
+You answer a query about a context that is too large to read at once. The context is \
+loaded in a persistent Python REPL as the variable `context`; you see it only through \
+code you write and what that code prints.
+
+In the REPL you have:
+- `context`: the data ({context_type}).
+- `llm_query(prompt, model=None) -> str`: ask a sub-model one question. It sees only \
+the prompt you pass, so put the text it needs in the prompt. {window_note}
+- `llm_query_batched(prompts, model=None) -> list[str]`: many prompts at once, run \
+concurrently, answers in order. Prefer it over calling llm_query in a loop.
+- `rlm_query(prompt, model=None) -> str` and `rlm_query_batched(prompts)`: {rlm_note}
+- `FINAL(answer)`: finish with `answer`. `FINAL_VAR(name)`: finish with the variable \
+called `name`.
+- `SHOW_VARS()`: list the variables you created.
+
+{format_instructions}
+
+How to work:
+1. Look before you read: print the context's length, structure and a few samples; \
+never print all of it.
+2. Use code (slicing, regexes, parsing, counting) for what code can do exactly.
+3. For what needs understanding, split the context into chunks, ask sub-calls about \
+each chunk, and combine their answers in code.
+4. Check your answer against the data before you finish. Output is cut when long, so \
+print summaries, not bulk.
+"""
+
+RLM_NOTE_RECURSIVE = (
+    "start a child RLM that gets the prompt as its own `context` and REPL; use it for "
+    "sub-tasks too large or complex for one llm_query."
+)
+RLM_NOTE_FLAT = "the same as llm_query here (no deeper recursion is allowed)."
+
+
+def system_prompt(
+    *,
+    context_type: str,
+    format_instructions: str,
+    can_recurse: bool,
+    subcall_window_chars: int | None,
+) -> str:
+    """The system prompt for one run."""
+    window_note = (
+        f"A prompt may hold up to about {subcall_window_chars:,} characters."
+        if subcall_window_chars
+        else "Keep prompts well under the sub-model's context window."
+    )
+    return SYSTEM_PROMPT.format(
+        context_type=context_type,
+        window_note=window_note,
+        rlm_note=RLM_NOTE_RECURSIVE if can_recurse else RLM_NOTE_FLAT,
+        format_instructions=format_instructions,
+    )
+
+
+def first_user_message(query: str, info: ContextInfo) -> str:
+    """The query and what the context looks like."""
+    size = f"{info.chars:,} characters"
+    if info.items is not None:
+        size = f"{info.items:,} items, {size}"
+    return (
+        f"Query: {query}\n\n"
+        f"The context is a {info.type_name} of {size}. Preview:\n{info.preview}\n\n"
+        "Start by exploring `context` with code."
+    )
+
+
+def format_execution(index: int, result: ExecutionResult, max_chars: int) -> str:
+    """One block's result, as the model sees it."""
+    parts = [f"[block {index}]"]
+    if result.stdout or result.stdout_chars:
+        parts.append(cut_middle(result.stdout, max_chars, result.stdout_chars))
+    if result.stderr or result.stderr_chars:
+        parts.append("stderr:\n" + cut_middle(result.stderr, max_chars // 2, result.stderr_chars))
+    if result.error:
+        parts.append("error:\n" + cut_middle(result.error, max_chars // 2))
+    if result.restarted:
+        parts.append(
+            "The REPL worker was restarted: every variable you made is gone; `context` "
+            "and the helpers are loaded again."
+        )
+    if len(parts) == 1:
+        parts.append("(no output)")
+    return "\n".join(parts)
+
+
+def format_final_var_error(message: str) -> str:
+    return f"{message}"
+
+
+LAST_ITERATION = (
+    "You are out of iterations. From what you found so far, give your best final answer "
+    "now as FINAL(answer). Do not write more code."
+)
+
+LAST_ITERATION_TOOLS = (
+    "You are out of iterations. From what you found so far, call final_answer now with "
+    "your best answer. Do not run more code."
+)
+
+
+def subcall_too_large(chars: int, model: str, window_tokens: int, limit_chars: int) -> str:
+    return (
+        f"prompt of {chars:,} characters (about {chars // 4:,} tokens) is larger than "
+        f"{model} accepts ({window_tokens:,} tokens, about {limit_chars:,} characters "
+        "of prompt). Split the input into smaller chunks."
+    )

@@ -1,0 +1,180 @@
+"""The `Model` protocol and the frozen values that cross it.
+
+Everything a provider adapter needs to know about the engine is in this module, and
+everything the engine needs to know about a provider is the `Model` protocol: one async
+method, `complete(request) -> response`, plus a `name` used for usage, pricing and
+telemetry. A model may also expose `provider` (for telemetry; defaults to "unknown") and
+`context_window` (in tokens, for the sub-call size check); `describe_model` reads them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call requested by the model (native tool calling)."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: a name, a description and a JSON schema."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message.
+
+    `tool_calls` is set on assistant messages that called tools; `tool_call_id` on the
+    `tool` message carrying a call's result. `cache_breakpoint` marks the end of a stable
+    prefix that providers with explicit prompt caching (Anthropic) may cache.
+    """
+
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    cache_breakpoint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage, normalised across providers.
+
+    `input_tokens` counts everything sent, cached tokens included; `cache_read_tokens`
+    and `cache_write_tokens` are subsets of it. `reasoning_tokens` is a subset of
+    `output_tokens`. `requests` counts model calls.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            requests=self.requests + other.requests,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """What the engine asks of a model.
+
+    `purpose` says why the call is made: "root" (an iteration of a run), "subcall"
+    (`llm_query` from the model's code) or "final" (the last request for an answer when
+    a run is out of iterations). Adapters may ignore it.
+    """
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    purpose: Literal["root", "subcall", "final"] = "root"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse:
+    """A model's reply: its text, any tool calls, usage, and the model that answered."""
+
+    text: str
+    usage: Usage = Usage()
+    model: str | None = None
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the engine calls. Implement `name` and `complete` to bring any model.
+
+    ```python
+    class MyModel:
+        name = "my-model"
+
+        async def complete(self, request: rlm.ModelRequest) -> rlm.ModelResponse:
+            text = await my_client.chat([m.content for m in request.messages])
+            return rlm.ModelResponse(text=text)
+    ```
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the engine knows about a model beyond the protocol."""
+
+    name: str
+    provider: str
+    context_window: int | None
+
+
+def describe_model(model: Model) -> ModelInfo:
+    """Read a model's optional `provider` and `context_window` attributes."""
+    provider = getattr(model, "provider", None)
+    window = getattr(model, "context_window", None)
+    return ModelInfo(
+        name=model.name,
+        provider=provider if isinstance(provider, str) else "unknown",
+        context_window=window if isinstance(window, int) and window > 0 else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDetails:
+    """One retry about to happen: handed to the retry listener (the event bus)."""
+
+    model: str
+    attempt: int
+    wait_s: float
+    error_type: str
+    error: str
+
+
+RetryListener = Callable[[RetryDetails], Awaitable[None] | None]
+
+# Set by the engine around each `complete()` call so that a provider's retry loop can
+# report retries to the run that made the call without knowing anything about runs.
+retry_listener: contextvars.ContextVar[RetryListener | None] = contextvars.ContextVar(
+    "rlm_retry_listener", default=None
+)
+
+
+async def report_retry(details: RetryDetails) -> None:
+    """Tell the current run (if any) that a retry is about to happen."""
+    listener = retry_listener.get()
+    if listener is None:
+        return
+    outcome = listener(details)
+    if outcome is not None:
+        await outcome

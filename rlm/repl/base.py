@@ -1,0 +1,106 @@
+"""The `Repl` protocol: where the model's code runs, and what it can call back into.
+
+The engine starts one REPL per run with the run's context and a `ReplHost`. Code in the
+REPL sees `context`, `llm_query`, `llm_query_batched`, `rlm_query`, `rlm_query_batched`,
+`FINAL`, `FINAL_VAR` and `SHOW_VARS` (see `HELPER_NAMES`); the sub-call helpers forward
+to the host, which runs on the engine's event loop. Implementations: `InProcessRepl`
+(fast, trusted code only) and `SubprocessRepl` (isolated worker process, the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+HELPER_NAMES: tuple[str, ...] = (
+    "llm_query",
+    "llm_query_batched",
+    "rlm_query",
+    "rlm_query_batched",
+    "FINAL",
+    "FINAL_VAR",
+    "SHOW_VARS",
+)
+
+# Names the REPL reserves and never lists as the model's variables.
+RESERVED_NAMES: frozenset[str] = frozenset({*HELPER_NAMES, "context", "__builtins__"})
+
+
+class LLMQueryError(RuntimeError):
+    """Raised inside the model's code when a sub-call cannot be made or fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """What running one code block produced.
+
+    `stdout`/`stderr` are the captured text (bounded: `*_chars` give the true lengths);
+    `error` is the traceback (line numbers point into the block) or a one-line note when
+    the worker died; `final` is the answer given with `FINAL`/`FINAL_VAR` in this block;
+    `restarted` says a fresh worker replaced a dead one, so the variables were lost.
+    """
+
+    stdout: str
+    stderr: str
+    error: str | None
+    duration_s: float
+    final: str | None = None
+    stdout_chars: int = 0
+    stderr_chars: int = 0
+    restarted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VariableLookup:
+    """The text of a REPL variable for `FINAL_VAR`, or why there is none."""
+
+    value: str | None
+    error: str | None = None
+
+
+class ReplHost(Protocol):
+    """The engine side of the sub-call helpers. Failures raise `LLMQueryError`."""
+
+    async def llm_query(self, prompt: str, model: str | None = None) -> str: ...
+
+    async def llm_query_batched(
+        self, prompts: Sequence[str], model: str | None = None
+    ) -> list[str]: ...
+
+    async def rlm_query(self, prompt: str, model: str | None = None) -> str: ...
+
+    async def rlm_query_batched(
+        self, prompts: Sequence[str], model: str | None = None
+    ) -> list[str]: ...
+
+
+@runtime_checkable
+class Repl(Protocol):
+    """A persistent Python namespace holding `context`, driven by the engine.
+
+    `start` is called once per run; `execute` once per code block, in order; `close`
+    always, even when the run fails. `execute` never raises for errors in the model's
+    code: they come back in `ExecutionResult.error`.
+    """
+
+    async def start(self, context: object, host: ReplHost) -> None: ...
+
+    async def execute(self, code: str) -> ExecutionResult: ...
+
+    async def lookup_variable(self, name: str) -> VariableLookup: ...
+
+    async def close(self) -> None: ...
+
+
+ReplFactory = Callable[[], Repl]
+
+
+def missing_variable_message(name: str, available: Sequence[str]) -> str:
+    """What the model is told when `FINAL_VAR` names a variable that does not exist."""
+    shown = ", ".join(sorted(available)[:50]) or "(none yet)"
+    return (
+        f"FINAL_VAR({name!r}): there is no variable named {name!r}, so this is not an "
+        f"answer. Variables that exist: {shown}. Assign the answer to a variable first, "
+        f"or use FINAL(answer)."
+    )

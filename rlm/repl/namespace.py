@@ -1,0 +1,310 @@
+"""The namespace the model's code runs in, shared by every REPL implementation.
+
+`Namespace.run(code)` executes one block: statements in order, the value of a trailing
+expression printed as in an interactive session, a traceback whose line numbers point
+into the block, variables kept across blocks (also those assigned before an exception),
+and the helper functions restored if the code overwrote them.
+
+Output is captured per execution without redirecting the process: `print` in the
+namespace writes to the execution's sinks, and `sys.stdout`/`sys.stderr` are wrapped
+once by a proxy that sends writes from a capturing execution context to its sinks and
+everything else to the original stream. Two runs in two threads never see each other's
+output.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextvars
+import linecache
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
+
+from rlm.repl.base import HELPER_NAMES, RESERVED_NAMES, VariableLookup, missing_variable_message
+
+
+class TextSink(Protocol):
+    def write(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Sinks:
+    stdout: TextSink
+    stderr: TextSink
+
+
+_current_sinks: contextvars.ContextVar[_Sinks | None] = contextvars.ContextVar(
+    "rlm_repl_sinks", default=None
+)
+
+
+class _RoutingStream:
+    """Stands in for sys.stdout/sys.stderr: capturing contexts get their sink."""
+
+    def __init__(self, original: TextIO, pick: Callable[[_Sinks], TextSink]) -> None:
+        self._original = original
+        self._pick = pick
+
+    def write(self, text: str) -> int:
+        sinks = _current_sinks.get()
+        if sinks is None:
+            return self._original.write(text)
+        return self._pick(sinks).write(text)
+
+    def flush(self) -> None:
+        if _current_sinks.get() is None:
+            self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+_install_lock = threading.Lock()
+
+
+def _ensure_routing_streams() -> None:
+    with _install_lock:
+        if not isinstance(sys.stdout, _RoutingStream) and sys.stdout is not None:
+            sys.stdout = _RoutingStream(sys.stdout, lambda s: s.stdout)
+        if not isinstance(sys.stderr, _RoutingStream) and sys.stderr is not None:
+            sys.stderr = _RoutingStream(sys.stderr, lambda s: s.stderr)
+
+
+SubcallFn = Callable[[str, str | None], str]
+BatchedSubcallFn = Callable[[list[str], str | None], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SubcallFunctions:
+    """How the namespace's sub-call helpers reach the engine (blocking calls)."""
+
+    llm_query: SubcallFn
+    llm_query_batched: BatchedSubcallFn
+    rlm_query: SubcallFn
+    rlm_query_batched: BatchedSubcallFn
+
+
+@dataclass(frozen=True, slots=True)
+class CellOutcome:
+    error: str | None
+    final: str | None
+
+
+def _check_prompt(name: str, prompt: object) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name}() takes the prompt as a str, not {type(prompt).__name__}")
+    return prompt
+
+
+def _check_prompts(name: str, prompts: object) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence | set | tuple):
+        raise TypeError(f"{name}() takes a list of str prompts, not {type(prompts).__name__}")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise TypeError(f"{name}(): prompt {i} is a {type(p).__name__}, not a str")
+    return items
+
+
+def _check_model(name: str, model: object) -> str | None:
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"{name}(model=...) takes a model name str, not {type(model).__name__}")
+    return model
+
+
+class Namespace:
+    """One persistent namespace holding `context` and the helper functions."""
+
+    def __init__(self, context: object, subcalls: SubcallFunctions) -> None:
+        self._cell = 0
+        self._final: str | None = None
+        self._builtins = dict(vars(builtins))
+        self._builtins["print"] = self._print
+        self._helpers = self._make_helpers(subcalls)
+        self.globals: dict[str, Any] = {
+            "__name__": "__main__",
+            "__builtins__": self._builtins,
+            "context": context,
+        }
+        self.globals.update(self._helpers)
+
+    # -- helpers visible to the model -------------------------------------------------
+
+    def _make_helpers(self, sub: SubcallFunctions) -> dict[str, Any]:
+        def llm_query(prompt: str, model: str | None = None) -> str:
+            """Ask the sub-model one question; returns its reply."""
+            return sub.llm_query(
+                _check_prompt("llm_query", prompt), _check_model("llm_query", model)
+            )
+
+        def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+            """Ask many prompts concurrently; replies in the same order (errors as text)."""
+            items = _check_prompts("llm_query_batched", prompts)
+            return (
+                sub.llm_query_batched(items, _check_model("llm_query_batched", model))
+                if items
+                else []
+            )
+
+        def rlm_query(prompt: str, model: str | None = None) -> str:
+            """Start a child RLM run whose `context` is the prompt; returns its answer."""
+            return sub.rlm_query(
+                _check_prompt("rlm_query", prompt), _check_model("rlm_query", model)
+            )
+
+        def rlm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+            """Start child runs concurrently, one per prompt; answers in order."""
+            items = _check_prompts("rlm_query_batched", prompts)
+            return (
+                sub.rlm_query_batched(items, _check_model("rlm_query_batched", model))
+                if items
+                else []
+            )
+
+        def FINAL(answer: object) -> None:
+            """End the run with `answer` (converted to text)."""
+            if self._final is None:
+                self._final = answer if isinstance(answer, str) else str(answer)
+
+        def FINAL_VAR(name: object) -> None:
+            """End the run with the value of the variable called `name`."""
+            if not isinstance(name, str):
+                # The model passed the value itself; that is what it meant.
+                FINAL(name)
+                return
+            found = self.lookup(name.strip().strip("'\""))
+            if found.value is None:
+                self._print(found.error, file=_current_stderr())
+                return
+            FINAL(found.value)
+
+        def SHOW_VARS() -> None:
+            """Print the variables you created, with their types and sizes."""
+            names = self.variables()
+            if not names:
+                self._print("No variables yet (besides `context` and the helpers).")
+                return
+            for n in names:
+                value = self.globals[n]
+                size = ""
+                if hasattr(value, "__len__"):
+                    try:
+                        size = f", len={len(value)}"
+                    except Exception:
+                        size = ""
+                self._print(f"{n}: {type(value).__name__}{size}")
+
+        helpers = {
+            "llm_query": llm_query,
+            "llm_query_batched": llm_query_batched,
+            "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched,
+            "FINAL": FINAL,
+            "FINAL_VAR": FINAL_VAR,
+            "SHOW_VARS": SHOW_VARS,
+        }
+        assert set(helpers) == set(HELPER_NAMES)
+        return helpers
+
+    def _print(
+        self,
+        *args: object,
+        sep: str | None = " ",
+        end: str | None = "\n",
+        file: Any = None,
+        flush: bool = False,
+    ) -> None:
+        sinks = _current_sinks.get()
+        if file is None and sinks is not None:
+            sep = " " if sep is None else sep
+            end = "\n" if end is None else end
+            sinks.stdout.write(sep.join(str(a) for a in args) + end)
+            return
+        builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
+
+    # -- running code -------------------------------------------------------------------
+
+    def variables(self) -> list[str]:
+        """Names the model created (not `context`, helpers, modules or dunders)."""
+        import types
+
+        return [
+            n
+            for n, v in self.globals.items()
+            if n not in RESERVED_NAMES
+            and not n.startswith("_")
+            and not isinstance(v, types.ModuleType)
+        ]
+
+    def lookup(self, name: str) -> VariableLookup:
+        if name in self.globals and name not in HELPER_NAMES and name != "__builtins__":
+            value = self.globals[name]
+            return VariableLookup(value=value if isinstance(value, str) else str(value))
+        return VariableLookup(value=None, error=missing_variable_message(name, self.variables()))
+
+    def run(self, code: str, stdout: TextSink, stderr: TextSink) -> CellOutcome:
+        """Execute one block; never raises for errors in the block itself."""
+        _ensure_routing_streams()
+        self._cell += 1
+        self._final = None
+        filename = f"<cell {self._cell}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+        token = _current_sinks.set(_Sinks(stdout, stderr))
+        error: str | None = None
+        try:
+            try:
+                tree = ast.parse(code, filename=filename, mode="exec")
+            except SyntaxError as exc:
+                error = "".join(traceback.format_exception_only(type(exc), exc))
+                return CellOutcome(error=error.rstrip(), final=None)
+            trailing: ast.expr | None = None
+            last = tree.body[-1] if tree.body else None
+            if isinstance(last, ast.Expr):
+                trailing = last.value
+                tree.body.pop()
+            try:
+                exec(compile(tree, filename, "exec"), self.globals)
+                if trailing is not None:
+                    value = eval(compile(ast.Expression(trailing), filename, "eval"), self.globals)
+                    if value is not None:
+                        self._print(repr(value))
+            except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: the run goes on
+                error = _format_exception(exc)
+        finally:
+            _current_sinks.reset(token)
+            restored = self._restore_helpers()
+            if restored:
+                stderr.write(
+                    f"note: {', '.join(restored)} {'is a' if len(restored) == 1 else 'are'} "
+                    "built-in helper(s) and was restored; use another name for your variable.\n"
+                )
+        return CellOutcome(error=error, final=self._final)
+
+    def _restore_helpers(self) -> list[str]:
+        restored = []
+        for name, fn in self._helpers.items():
+            if self.globals.get(name) is not fn:
+                self.globals[name] = fn
+                restored.append(name)
+        if self.globals.get("__builtins__") is not self._builtins:
+            self.globals["__builtins__"] = self._builtins
+        return restored
+
+
+def _current_stderr() -> Any:
+    sinks = _current_sinks.get()
+    return sinks.stderr if sinks is not None else sys.stderr
+
+
+def _format_exception(exc: BaseException) -> str:
+    """The traceback from the model's own frames on (ours are dropped)."""
+    tb = exc.__traceback__
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    return "".join(lines).rstrip()

@@ -1,0 +1,83 @@
+"""`RLMResult` and the records of what a run did."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlm.budget import ModelUsage
+from rlm.providers.base import Usage
+
+StopReason = Literal["final", "max_iterations", "budget", "deadline", "cancelled", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeExecution:
+    """One code block the model wrote and what running it produced.
+
+    `stdout`/`stderr` are what the process printed (already cut to the configured size;
+    `stdout_chars`/`stderr_chars` give the true lengths); `error` is the traceback, or a
+    one-line note when the worker died. `restarted` is set when the REPL had to start a
+    fresh worker afterwards (variables were lost).
+    """
+
+    code: str
+    stdout: str
+    stderr: str
+    error: str | None
+    duration_s: float
+    stdout_chars: int = 0
+    stderr_chars: int = 0
+    restarted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Iteration:
+    """One turn of the loop: the model's reply and the code it ran."""
+
+    index: int
+    response: str
+    executions: tuple[CodeExecution, ...]
+    final_answer: str | None
+    usage: Usage
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RLMResult:
+    """The outcome of a run.
+
+    `answer` is the final answer, or None when the run stopped without one (a budget,
+    deadline, cancellation or error stop before the model answered); `stop_reason` says
+    why it stopped and `limit` names the budget limit when one was hit. Token totals,
+    `usage` (by model) and `cost_usd` cover the whole run tree: every sub-call and child
+    run. `cost_usd` is None when any model used has no known price.
+    """
+
+    answer: str | None
+    stop_reason: StopReason
+    iterations: int
+    total_input_tokens: int
+    total_output_tokens: int
+    code_executions: int
+    sub_calls: int
+    history: tuple[Iteration, ...]
+    usage: Mapping[str, ModelUsage] = field(default_factory=dict)
+    cost_usd: float | None = None
+    duration_s: float = 0.0
+    run_id: str = ""
+    limit: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run ended with an answer (from FINAL or the last-turn request)."""
+        return self.answer is not None and self.stop_reason in ("final", "max_iterations")
+
+    @property
+    def total_usage(self) -> Usage:
+        total = Usage()
+        for entry in self.usage.values():
+            total = total + entry.usage
+        return total
