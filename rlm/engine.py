@@ -59,7 +59,7 @@ from rlm.providers.pricing import cost_usd
 from rlm.providers.registry import resolve_model
 from rlm.repl.base import ExecutionResult, LLMQueryError, Repl, ReplFactory
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
-from rlm.strategies.parsing import FencedCodeParser, ParsedReply, ParsingStrategy
+from rlm.strategies.parsing import FencedCodeParser, FinalMarker, ParsedReply, ParsingStrategy
 from rlm.strategies.termination import (
     AnyOf,
     BudgetLimit,
@@ -345,6 +345,7 @@ class _Run:
         self.errors: list[str | None] = []
         self.current_exec_id: str | None = None
         self.fatal: BaseException | None = None
+        self.subcall_tasks: set[asyncio.Task[Any]] = set()
         self.started = time.perf_counter()
 
     # -- events ---------------------------------------------------------------------
@@ -413,8 +414,19 @@ class _Run:
         try:
             if repl is not None:
                 await repl.close()
+            await self._cancel_subcalls()
         finally:
             await self.emit(event)
+
+    async def _cancel_subcalls(self) -> None:
+        """Cancel sub-calls still running (deadline, cancellation) and wait for them, so
+        that no event of this run arrives after its RunFinished."""
+        current = asyncio.current_task()
+        pending = [t for t in self.subcall_tasks if not t.done() and t is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
 
     def _opening_messages(self, info: prompts.ContextInfo) -> list[Message]:
         sub_info = describe_model(self.config.sub_model)
@@ -450,7 +462,7 @@ class _Run:
             messages.append(parsing.assistant_message(response))
             executions, outputs, final, source, last_error = await self._run_blocks(repl, parsed)
             if final is None and parsed.final is not None:
-                final, note = await self._resolve_marker(repl, parsed)
+                final, note = await self._resolve_marker(repl, parsed.final)
                 source = "text"
                 if note:
                     outputs.append(note)
@@ -553,10 +565,8 @@ class _Run:
         return executions, outputs, None, "code", last_error
 
     async def _resolve_marker(
-        self, repl: Repl, parsed: ParsedReply
+        self, repl: Repl, marker: FinalMarker
     ) -> tuple[str | None, str | None]:
-        marker = parsed.final
-        assert marker is not None
         if marker.kind == "answer":
             return marker.value, None
         lookup = await repl.lookup_variable(marker.value)
@@ -579,10 +589,10 @@ class _Run:
             )
         except (BudgetExceeded, ProviderError):
             return None
-        parsed = self.config.parsing.parse(response)
+        marker = self.config.parsing.parse_last_answer(response)
         answer: str | None
-        if parsed.final is not None:
-            answer, _ = await self._resolve_marker(repl, parsed)
+        if marker is not None:
+            answer, _ = await self._resolve_marker(repl, marker)
         else:
             answer = response.text.strip() or None
         if answer is not None:
@@ -782,6 +792,9 @@ class _Run:
             raise LLMQueryError(f"sub-call not made: {exc}") from None
         subcall_id = new_id()
         started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self.subcall_tasks.add(task)
         await self.emit(
             SubcallStarted(
                 **self._base(),
@@ -820,6 +833,9 @@ class _Run:
         except LLMQueryError as exc:
             error = str(exc)
             raise
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
         except BudgetExceeded as exc:
             error = f"sub-call not made: {exc}"
             raise LLMQueryError(error) from None
@@ -848,6 +864,8 @@ class _Run:
                     child_run_id=child_run_id,
                 )
             )
+            if task is not None:
+                self.subcall_tasks.discard(task)
         return text
 
     async def _child_run(self, prompt: str, model: Model, subcall_id: str) -> tuple[str, str]:

@@ -38,6 +38,7 @@ class InProcessRepl:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._pending_lock = threading.Lock()
+        self._closed = False
 
     async def start(self, context: object, host: ReplHost) -> None:
         self._loop = asyncio.get_running_loop()
@@ -58,6 +59,9 @@ class InProcessRepl:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the engine's loop and wait for it from the REPL thread."""
         assert self._loop is not None
+        if self._closed:
+            coro.close()
+            raise LLMQueryError("the run is over; no more sub-calls can be made")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         with self._pending_lock:
             self._pending.add(future)
@@ -97,6 +101,7 @@ class InProcessRepl:
         return self._namespace.lookup(name)
 
     async def close(self) -> None:
+        self._closed = True
         with self._pending_lock:
             pending = list(self._pending)
         for future in pending:

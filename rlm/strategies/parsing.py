@@ -83,6 +83,14 @@ class ParsingStrategy(ABC):
         """What to say when a reply had neither code nor a final answer."""
         return [Message("user", FENCE_REMINDER)]
 
+    def parse_last_answer(self, response: ModelResponse) -> FinalMarker | None:
+        """Read the reply to the engine's last request for an answer (out of iterations).
+
+        Defaults to `parse(response).final`; a strategy may be more lenient here, since
+        the model was asked for nothing but the answer.
+        """
+        return self.parse(response).final
+
 
 FENCE_INSTRUCTIONS = """\
 Write Python in fenced blocks tagged `repl`:
@@ -104,6 +112,7 @@ CODE_LANGUAGES = frozenset({"repl", "python", "py", "python3", "ipython"})
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
 # A marker starts a line, possibly after list, quote or heading marks and emphasis.
 _MARKER = re.compile(r"(?m)^[ \t>#\-+*_]*?(?:\d+\.[ \t]+)?(?P<name>FINAL_VAR|FINAL)[ \t]*\(")
+_MARKER_ANYWHERE = re.compile(r"(?<![A-Za-z0-9_])(?P<name>FINAL_VAR|FINAL)[ \t]*\(")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -189,17 +198,18 @@ def _unquote(answer: str) -> str:
     return answer
 
 
-def find_final_marker(text: str) -> FinalMarker | None:
+def find_final_marker(text: str, *, anywhere: bool = False) -> FinalMarker | None:
     """The first `FINAL(...)`/`FINAL_VAR(...)` marker outside code, or None.
 
     A marker must start a line (list, quote and heading marks and markdown emphasis may
     come before it). Parentheses balance, also across lines; parentheses inside matching
     quotes do not count. Text after the closing parenthesis is not part of the answer.
+    With `anywhere=True` a marker may also stand inside a line of prose.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     _, prose = split_fences(text)
     prose = _INLINE_CODE.sub(_blank, prose)
-    for match in _MARKER.finditer(prose):
+    for match in (_MARKER_ANYWHERE if anywhere else _MARKER).finditer(prose):
         start = match.end()
         # Positions line up: split_fences blanks fenced lines but keeps line count, and
         # prose before a marker is unchanged, so map back through line offsets.
@@ -243,6 +253,10 @@ class FencedCodeParser(ParsingStrategy):
             if language in self.languages and body.strip()
         )
         return ParsedReply(code_blocks=code, final=find_final_marker(text))
+
+    def parse_last_answer(self, response: ModelResponse) -> FinalMarker | None:
+        # Asked for nothing but the answer, "My best guess is FINAL(2)" counts too.
+        return find_final_marker(response.text, anywhere=True)
 
 
 EXECUTE_TOOL = ToolSpec(
