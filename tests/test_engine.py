@@ -48,15 +48,17 @@ def test_system_prompt_is_short_and_names_every_helper() -> None:
     rlm.run("q", "c", model=model, repl="inprocess")
     system = model.calls[0].messages[0].content
     assert len(system) < 4000
-    for name in rlm.repl.HELPER_NAMES + ("context",):
+    for name in (*rlm.repl.HELPER_NAMES, "context"):
         assert name in system
 
 
 def test_blocks_share_one_namespace_and_run_in_order() -> None:
-    model = ScriptedModel([
-        "```repl\nx = 2\n```\n```python\nx = x * 10\nprint('x is', x)\n```",
-        "FINAL_VAR(x)",
-    ])
+    model = ScriptedModel(
+        [
+            "```repl\nx = 2\n```\n```python\nx = x * 10\nprint('x is', x)\n```",
+            "FINAL_VAR(x)",
+        ]
+    )
     result = rlm.run("q", "c", model=model, repl="inprocess")
     assert result.answer == "20"
     assert "x is 20" in last_user_message(model.calls[1])
@@ -64,11 +66,13 @@ def test_blocks_share_one_namespace_and_run_in_order() -> None:
 
 
 def test_errors_go_back_with_line_numbers_and_variables_survive() -> None:
-    model = ScriptedModel([
-        code("kept = 41\n\nboom = 1 / 0"),
-        code("print(kept + 1)"),
-        "FINAL(ok)",
-    ])
+    model = ScriptedModel(
+        [
+            code("kept = 41\n\nboom = 1 / 0"),
+            code("print(kept + 1)"),
+            "FINAL(ok)",
+        ]
+    )
     result = rlm.run("q", "c", model=model, repl="inprocess")
     feedback = last_user_message(model.calls[1])
     assert "ZeroDivisionError" in feedback
@@ -101,12 +105,15 @@ def test_trailing_expression_is_shown() -> None:
 
 
 def test_overwritten_helpers_are_restored() -> None:
-    model = ScriptedModel([
-        code("llm_query = 'oops'\nFINAL = None"),
-        code("print(type(llm_query).__name__)\nFINAL('restored')"),
-    ])
-    result = rlm.run("q", "c", model=model, sub_model=FunctionModel(lambda r: "s"),
-                     repl="inprocess")
+    model = ScriptedModel(
+        [
+            code("llm_query = 'oops'\nFINAL = None"),
+            code("print(type(llm_query).__name__)\nFINAL('restored')"),
+        ]
+    )
+    result = rlm.run(
+        "q", "c", model=model, sub_model=FunctionModel(lambda r: "s"), repl="inprocess"
+    )
     assert "restored" in last_user_message(model.calls[1])
     assert result.answer == "restored"
 
@@ -190,12 +197,15 @@ def test_batched_keeps_order_reports_failures_and_respects_concurrency() -> None
             raise rlm.errors.BadRequestError("refused")
         return prompt.upper()
 
-    model = ScriptedModel([
-        code("out = llm_query_batched([f'p{i}' for i in range(10)])\nprint(out)"),
-        "FINAL(done)",
-    ])
-    result = rlm.run("q", "c", model=model, sub_model=FunctionModel(answer), repl="inprocess",
-                     max_concurrency=3)
+    model = ScriptedModel(
+        [
+            code("out = llm_query_batched([f'p{i}' for i in range(10)])\nprint(out)"),
+            "FINAL(done)",
+        ]
+    )
+    result = rlm.run(
+        "q", "c", model=model, sub_model=FunctionModel(answer), repl="inprocess", max_concurrency=3
+    )
     feedback = last_user_message(model.calls[1])
     assert "'P0', 'P1', 'P2', '[error: BadRequestError: refused]', 'P4'" in feedback
     assert peak == 3
@@ -303,10 +313,12 @@ def test_scripted_model_fails_loudly_and_keeps_the_partial_result() -> None:
 
 def test_scripted_model_steps_can_be_callables_and_exceptions() -> None:
     events: list[Event] = []
-    model = ScriptedModel([
-        lambda request: code(f"print({len(request.messages)})"),
-        ValueError("scripted failure"),
-    ])
+    model = ScriptedModel(
+        [
+            lambda request: code(f"print({len(request.messages)})"),
+            ValueError("scripted failure"),
+        ]
+    )
     with pytest.raises(ValueError, match="scripted failure"):
         rlm.run("q", "c", model=model, repl="inprocess", on_event=events.append)
     assert "2" in last_user_message(model.calls[1])

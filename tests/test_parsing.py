@@ -29,7 +29,7 @@ def test_repl_and_python_fences_run_in_order() -> None:
 
 
 def test_other_languages_and_bare_fences_are_not_code() -> None:
-    text = "```json\n{\"a\": 1}\n```\n```\nplain\n```\n```bash\nls\n```"
+    text = '```json\n{"a": 1}\n```\n```\nplain\n```\n```bash\nls\n```'
     assert parse(text)[0] == []
 
 
@@ -130,8 +130,8 @@ code_line = st.text(
     alphabet=st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\r"),
     max_size=40,
 )
-code_text = st.lists(code_line, min_size=1, max_size=8).map("\n".join).filter(
-    lambda c: c.strip() != ""
+code_text = (
+    st.lists(code_line, min_size=1, max_size=8).map("\n".join).filter(lambda c: c.strip() != "")
 )
 
 

@@ -48,8 +48,9 @@ def test_depth_two_runs_a_child_with_its_own_repl() -> None:
         [code("a = rlm_query('CHILD: hello')\nprint('got', a)"), "FINAL_VAR(a)"], name="root"
     )
     events: list[Event] = []
-    result = rlm.run("q", "ctx", model=root, sub_model=sub, max_depth=2, repl="inprocess",
-                     on_event=events.append)
+    result = rlm.run(
+        "q", "ctx", model=root, sub_model=sub, max_depth=2, repl="inprocess", on_event=events.append
+    )
     assert result.answer == "child answer"
     assert len(root.calls) == 2 and len(sub.calls) == 2
     # The child saw the prompt as its context, and printed it from its own REPL.
@@ -68,11 +69,17 @@ def test_depth_two_runs_a_child_with_its_own_repl() -> None:
 
 def test_depth_three_and_exact_call_counts() -> None:
     router = Router()
-    root = ScriptedModel([code("print(rlm_query('CHILD: go'))"), "FINAL(root done)"],
-                         name="root")
+    root = ScriptedModel([code("print(rlm_query('CHILD: go'))"), "FINAL(root done)"], name="root")
     events: list[Event] = []
-    result = rlm.run("q", "ctx", model=root, sub_model=router.model, max_depth=3,
-                     repl="inprocess", on_event=events.append)
+    result = rlm.run(
+        "q",
+        "ctx",
+        model=root,
+        sub_model=router.model,
+        max_depth=3,
+        repl="inprocess",
+        on_event=events.append,
+    )
     assert result.answer == "root done"
     assert "child got leafdata" in last_user(root.calls[1])
     # child: 2 calls, grandchild: 2 calls
@@ -108,8 +115,15 @@ def test_batched_child_runs_run_concurrently_and_keep_order() -> None:
         return code("FINAL(context[::-1])")
 
     root = ScriptedModel([code("print(rlm_query_batched(['ab', 'cd', 'ef', 'gh']))"), "FINAL(1)"])
-    rlm.run("q", "c", model=root, sub_model=FunctionModel(child), max_depth=2,
-            max_concurrency=2, repl="inprocess")
+    rlm.run(
+        "q",
+        "c",
+        model=root,
+        sub_model=FunctionModel(child),
+        max_depth=2,
+        max_concurrency=2,
+        repl="inprocess",
+    )
     assert "['ba', 'dc', 'fe', 'hg']" in last_user(root.calls[1])
     assert peak == 2
 
@@ -126,8 +140,7 @@ def test_oversized_subcall_is_refused_with_sizes() -> None:
 def test_context_windows_override_and_prompt_states_the_limit() -> None:
     sub = FunctionModel(lambda r: "ok", name="sub")
     root = ScriptedModel([code("print(llm_query('y' * 500))"), "FINAL(1)"])
-    rlm.run("q", "c", model=root, sub_model=sub, repl="inprocess",
-            context_windows={"sub": 50})
+    rlm.run("q", "c", model=root, sub_model=sub, repl="inprocess", context_windows={"sub": 50})
     assert "500 characters" in last_user(root.calls[1])
     assert "180 characters" in root.calls[0].messages[0].content
 
@@ -136,9 +149,16 @@ def test_budget_hit_in_a_grandchild_stops_the_whole_tree() -> None:
     router = Router()
     root = ScriptedModel([code("print(rlm_query('CHILD: go'))"), "FINAL(never)"], name="root")
     events: list[Event] = []
-    result = rlm.run("q", "ctx", model=root, sub_model=router.model, max_depth=3,
-                     repl="inprocess", on_event=events.append,
-                     budget=Budget(max_tokens=1))
+    result = rlm.run(
+        "q",
+        "ctx",
+        model=root,
+        sub_model=router.model,
+        max_depth=3,
+        repl="inprocess",
+        on_event=events.append,
+        budget=Budget(max_tokens=1),
+    )
     # The root's own first call already crosses the 1-token budget: nothing else starts.
     assert result.stop_reason == "budget" and result.limit == "max_tokens"
     assert result.answer is None
@@ -149,12 +169,18 @@ def test_budget_hit_in_a_grandchild_stops_the_whole_tree() -> None:
     router = Router()
     root = ScriptedModel([code("print(rlm_query('CHILD: go'))"), "FINAL(never)"], name="root")
     events = []
-    probe = rlm.run("q", "ctx", model=ScriptedModel(["FINAL(x)"], name="root"),
-                    repl="inprocess")
+    probe = rlm.run("q", "ctx", model=ScriptedModel(["FINAL(x)"], name="root"), repl="inprocess")
     root_tokens = probe.total_input_tokens + probe.total_output_tokens
-    result = rlm.run("q", "ctx", model=root, sub_model=router.model, max_depth=3,
-                     repl="inprocess", on_event=events.append,
-                     budget=Budget(max_tokens=root_tokens + 900))
+    result = rlm.run(
+        "q",
+        "ctx",
+        model=root,
+        sub_model=router.model,
+        max_depth=3,
+        repl="inprocess",
+        on_event=events.append,
+        budget=Budget(max_tokens=root_tokens + 900),
+    )
     finished = {e.depth: e.result for e in events if isinstance(e, RunFinished)}
     assert finished[2].stop_reason == "budget"
     assert finished[1].stop_reason == "budget"
@@ -166,8 +192,9 @@ def test_budget_hit_in_a_grandchild_stops_the_whole_tree() -> None:
 def test_max_subcalls_counts_calls_as_they_start() -> None:
     sub = FunctionModel(lambda r: "ok", name="sub")
     root = ScriptedModel([code("print(llm_query_batched(['a', 'b', 'c', 'd', 'e']))"), "FINAL(1)"])
-    result = rlm.run("q", "c", model=root, sub_model=sub, repl="inprocess",
-                     budget=Budget(max_subcalls=3))
+    result = rlm.run(
+        "q", "c", model=root, sub_model=sub, repl="inprocess", budget=Budget(max_subcalls=3)
+    )
     assert len(sub.calls) == 3
     assert result.sub_calls == 3
     assert (result.stop_reason, result.limit) == ("budget", "max_subcalls")
@@ -181,9 +208,15 @@ def test_deadline_cancels_in_flight_calls() -> None:
 
     root = ScriptedModel([code("llm_query('slow')"), "FINAL(never)"])
     events: list[Event] = []
-    result = rlm.run("q", "c", model=root, sub_model=FunctionModel(slow, name="slow"),
-                     repl="inprocess", on_event=events.append,
-                     budget=Budget(max_seconds=0.3))
+    result = rlm.run(
+        "q",
+        "c",
+        model=root,
+        sub_model=FunctionModel(slow, name="slow"),
+        repl="inprocess",
+        on_event=events.append,
+        budget=Budget(max_seconds=0.3),
+    )
     assert (result.stop_reason, result.limit) == ("deadline", "max_seconds")
     assert result.answer is None
     assert not [e for e in events if isinstance(e, ModelCallFinished) and e.model == "slow"]
@@ -192,8 +225,9 @@ def test_deadline_cancels_in_flight_calls() -> None:
 
 def test_cost_budget_needs_prices() -> None:
     with pytest.raises(rlm.ConfigurationError, match="set_price"):
-        rlm.run("q", "c", model=ScriptedModel([]), repl="inprocess",
-                budget=Budget(max_cost_usd=1.0))
+        rlm.run(
+            "q", "c", model=ScriptedModel([]), repl="inprocess", budget=Budget(max_cost_usd=1.0)
+        )
 
 
 def test_cost_budget_stops_the_run() -> None:
@@ -223,10 +257,16 @@ async def test_cancelling_mid_batch_stops_the_tree_with_a_complete_trajectory() 
         return "late"
 
     root = ScriptedModel([code("print(llm_query_batched(['p'] * 6))"), "FINAL(never)"])
-    task = asyncio.create_task(rlm.arun(
-        "q", "c", model=root, sub_model=FunctionModel(slow), repl="inprocess",
-        on_event=on_event,
-    ))
+    task = asyncio.create_task(
+        rlm.arun(
+            "q",
+            "c",
+            model=root,
+            sub_model=FunctionModel(slow),
+            repl="inprocess",
+            on_event=on_event,
+        )
+    )
     await asyncio.wait_for(started.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -234,5 +274,8 @@ async def test_cancelling_mid_batch_stops_the_tree_with_a_complete_trajectory() 
     last = seen[-1]
     assert isinstance(last, RunFinished) and last.result.stop_reason == "cancelled"
     assert last.result.sub_calls == 6
-    assert not [e for e in seen if isinstance(e, ModelCallFinished) and e.purpose == "subcall"
-                and e.error is None]
+    assert not [
+        e
+        for e in seen
+        if isinstance(e, ModelCallFinished) and e.purpose == "subcall" and e.error is None
+    ]

@@ -57,16 +57,19 @@ def test_a_strategy_can_stop_early_but_not_run_past_the_guards() -> None:
 
     # Never stopping still ends at max_iterations (then asks for an answer).
     model = ScriptedModel([code("x = 1"), code("x = 2"), "FINAL(2)"])
-    result = rlm.run("q", "c", model=model, repl="inprocess", termination=Never(),
-                     max_iterations=2)
+    result = rlm.run("q", "c", model=model, repl="inprocess", termination=Never(), max_iterations=2)
     assert (result.stop_reason, result.answer) == ("max_iterations", "2")
 
     # A tighter iteration limit stops earlier.
     model = ScriptedModel([code("x = 1"), "FINAL(early)"])
-    result = rlm.run("q", "c", model=model, repl="inprocess",
-                     termination=AnyOf(default_termination(), MaxIterations(1)))
-    assert (result.stop_reason, result.answer, result.iterations) == (
-        "max_iterations", "early", 1)
+    result = rlm.run(
+        "q",
+        "c",
+        model=model,
+        repl="inprocess",
+        termination=AnyOf(default_termination(), MaxIterations(1)),
+    )
+    assert (result.stop_reason, result.answer, result.iterations) == ("max_iterations", "early", 1)
 
 
 def test_state_seen_by_a_strategy() -> None:
@@ -78,8 +81,14 @@ def test_state_seen_by_a_strategy() -> None:
             return None
 
     model = ScriptedModel([code("1/0"), "FINAL(x)"])
-    rlm.run("q", "c", model=model, repl="inprocess", termination=Spy(),
-            budget=rlm.Budget(max_tokens=10**9))
+    rlm.run(
+        "q",
+        "c",
+        model=model,
+        repl="inprocess",
+        termination=Spy(),
+        budget=rlm.Budget(max_tokens=10**9),
+    )
     assert [s.iteration for s in seen] == [1, 2]
     assert seen[0].errors[0] is not None and "ZeroDivisionError" in seen[0].errors[0]
     assert seen[1].final_answer == "x"
@@ -88,10 +97,16 @@ def test_state_seen_by_a_strategy() -> None:
 
 
 def test_tool_calling_prompt_has_no_fence_instructions() -> None:
-    model = ScriptedModel([
-        rlm.ModelResponse(text="", tool_calls=(
-            rlm.ToolCall(id="a", name="final_answer", arguments={"answer": "done"}),)),
-    ])
+    model = ScriptedModel(
+        [
+            rlm.ModelResponse(
+                text="",
+                tool_calls=(
+                    rlm.ToolCall(id="a", name="final_answer", arguments={"answer": "done"}),
+                ),
+            ),
+        ]
+    )
     result = rlm.run("q", "c", model=model, parsing=ToolCallingParser(), repl="inprocess")
     assert result.answer == "done"
     system = model.calls[0].messages[0].content
@@ -99,12 +114,19 @@ def test_tool_calling_prompt_has_no_fence_instructions() -> None:
 
 
 def test_tool_calling_reminder_answers_unknown_tools() -> None:
-    model = ScriptedModel([
-        rlm.ModelResponse(text="hmm", tool_calls=(
-            rlm.ToolCall(id="z", name="browse", arguments={}),)),
-        rlm.ModelResponse(text="", tool_calls=(
-            rlm.ToolCall(id="b", name="execute_python", arguments={"code": "FINAL(3)"}),)),
-    ])
+    model = ScriptedModel(
+        [
+            rlm.ModelResponse(
+                text="hmm", tool_calls=(rlm.ToolCall(id="z", name="browse", arguments={}),)
+            ),
+            rlm.ModelResponse(
+                text="",
+                tool_calls=(
+                    rlm.ToolCall(id="b", name="execute_python", arguments={"code": "FINAL(3)"}),
+                ),
+            ),
+        ]
+    )
     result = rlm.run("q", "c", model=model, parsing=ToolCallingParser(), repl="inprocess")
     assert result.answer == "3"
     tool_msgs = [m for m in model.calls[1].messages if m.role == "tool"]
