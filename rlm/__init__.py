@@ -15,6 +15,8 @@ print(result.answer, result.stop_reason, result.cost_usd)
 
 from __future__ import annotations
 
+import logging
+
 from rlm import errors, events
 from rlm.api import arun, run, stream
 from rlm.budget import Budget, ModelUsage
@@ -36,6 +38,9 @@ from rlm.providers.registry import register_provider, resolve_model
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
 
 __version__ = "0.1.0"
+
+# A library does not decide where its log records go; the application does.
+logging.getLogger("rlm").addHandler(logging.NullHandler())
 
 __all__ = [
     "RLM",

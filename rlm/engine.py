@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -233,9 +234,8 @@ class RLM:
         self._check_cost_budget(budget)
         from rlm.telemetry import default_subscribers
 
-        bus = EventBus(
-            [*default_subscribers(), *self._config.subscribers, *as_subscribers(on_event)]
-        )
+        user_subscribers = [*self._config.subscribers, *as_subscribers(on_event)]
+        bus = EventBus([*default_subscribers(user_subscribers), *user_subscribers])
         shared = _Shared(
             config=self._config,
             bus=bus,
@@ -263,7 +263,9 @@ class RLM:
         except RuntimeError:
             return blocking()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-run") as pool:
-            return pool.submit(blocking).result()
+            # Threads do not inherit contextvars: carry the caller's (current span,
+            # structlog bindings) into the run.
+            return pool.submit(contextvars.copy_context().run, blocking).result()
 
     async def stream(
         self,

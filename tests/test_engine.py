@@ -325,3 +325,18 @@ def test_scripted_model_steps_can_be_callables_and_exceptions() -> None:
     failed = [e for e in events if isinstance(e, ModelCallFinished) and e.error_type]
     assert failed and failed[0].error == "scripted failure"
     assert events[-1].kind == "run_failed"
+
+
+def test_host_printing_during_a_subcall_stays_out_of_the_models_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def noisy_subscriber(event: Event) -> None:
+        if event.kind == "subcall_started":
+            print("HOST-SIDE LOG LINE")
+
+    model = ScriptedModel([code("print(llm_query('x'))"), "FINAL(1)"])
+    rlm.run("q", "c", model=model, sub_model=FunctionModel(lambda r: "sub-answer"),
+            repl="inprocess", on_event=noisy_subscriber)
+    feedback = last_user_message(model.calls[1])
+    assert "sub-answer" in feedback and "HOST-SIDE" not in feedback
+    assert "HOST-SIDE LOG LINE" in capsys.readouterr().out

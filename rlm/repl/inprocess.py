@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from rlm.repl.base import ExecutionResult, LLMQueryError, ReplHost, VariableLookup
-from rlm.repl.namespace import Namespace, SubcallFunctions
+from rlm.repl.namespace import Namespace, SubcallFunctions, outside_capture
 from rlm.repl.output import OutputBuffer
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class InProcessRepl:
         if self._closed:
             coro.close()
             raise LLMQueryError("the run is over; no more sub-calls can be made")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = outside_capture(asyncio.run_coroutine_threadsafe, coro, self._loop)
         with self._pending_lock:
             self._pending.add(future)
         try:

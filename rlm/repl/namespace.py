@@ -23,9 +23,12 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 from rlm.repl.base import HELPER_NAMES, RESERVED_NAMES, VariableLookup, missing_variable_message
+
+
+T = TypeVar("T")
 
 
 class TextSink(Protocol):
@@ -62,6 +65,18 @@ class _RoutingStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
+
+
+def outside_capture(fn: Callable[..., T], /, *args: Any) -> T:
+    """Call `fn` in a copy of the current context with capture switched off.
+
+    Work handed from a capturing execution to another task (a sub-call on the event
+    loop) must not inherit the capture, or the host's own printing during that work
+    would land in the model's output.
+    """
+    ctx = contextvars.copy_context()
+    ctx.run(_current_sinks.set, None)
+    return ctx.run(fn, *args)
 
 
 _install_lock = threading.Lock()

@@ -1,0 +1,144 @@
+"""Every span name, attribute name and attribute value rlm's telemetry uses, in one place.
+
+The OpenTelemetry GenAI semantic conventions (`gen_ai.*`) are still experimental and their
+names move between releases; keeping them here means a rename is a one-line change. The
+`rlm.*` names are this library's own.
+
+Span names:
+
+- a run:         `invoke_agent rlm`   (`gen_ai.operation.name = "invoke_agent"`, INTERNAL)
+- a model call:  `chat {model}`       (`gen_ai.operation.name = "chat"`, CLIENT)
+- a code block:  `execute_tool repl`  (`gen_ai.operation.name = "execute_tool"`, INTERNAL)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- instrumentation scope --------------------------------------------------------------
+
+INSTRUMENTATION_NAME: Final = "rlm"
+
+# -- GenAI semantic conventions ------------------------------------------------------------
+
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+# Content (only with capture_content on).
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+
+ERROR_TYPE: Final = "error.type"
+
+# Values of gen_ai.operation.name.
+OPERATION_INVOKE_AGENT: Final = "invoke_agent"
+OPERATION_CHAT: Final = "chat"
+OPERATION_EXECUTE_TOOL: Final = "execute_tool"
+
+AGENT_NAME: Final = "rlm"
+TOOL_NAME: Final = "repl"
+# The host runs the code the model wrote: a client-side ("function") tool.
+TOOL_TYPE: Final = "function"
+
+# The environment variable of the GenAI instrumentations that turns content capture on.
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+# -- rlm attributes -----------------------------------------------------------------------
+
+RLM_RUN_ID: Final = "rlm.run.id"
+RLM_PARENT_RUN_ID: Final = "rlm.run.parent_id"
+RLM_DEPTH: Final = "rlm.depth"
+RLM_MAX_DEPTH: Final = "rlm.max_depth"
+RLM_MAX_ITERATIONS: Final = "rlm.max_iterations"
+RLM_SUB_MODEL: Final = "rlm.sub_model"
+RLM_CONTEXT_TYPE: Final = "rlm.context.type"
+RLM_CONTEXT_CHARS: Final = "rlm.context.chars"
+RLM_ITERATION: Final = "rlm.iteration"
+RLM_ITERATIONS: Final = "rlm.iterations"
+RLM_STOP_REASON: Final = "rlm.stop_reason"
+RLM_LIMIT: Final = "rlm.limit"
+RLM_SUB_CALLS: Final = "rlm.sub_calls"
+RLM_CODE_EXECUTIONS: Final = "rlm.code_executions"
+RLM_HAS_ANSWER: Final = "rlm.has_answer"
+RLM_DURATION_S: Final = "rlm.duration_s"
+# Totals of a run's whole subtree. Kept apart from gen_ai.usage.* (which only model-call
+# spans carry) so backends that sum gen_ai.usage.* over a trace do not count tokens twice.
+RLM_USAGE_INPUT_TOKENS: Final = "rlm.usage.input_tokens"
+RLM_USAGE_OUTPUT_TOKENS: Final = "rlm.usage.output_tokens"
+RLM_COST_USD: Final = "rlm.cost_usd"
+
+RLM_CALL_ID: Final = "rlm.model_call.id"
+RLM_PURPOSE: Final = "rlm.model_call.purpose"
+RLM_MESSAGE_COUNT: Final = "rlm.model_call.message_count"
+RLM_PROMPT_CHARS: Final = "rlm.model_call.prompt_chars"
+RLM_RESPONSE_CHARS: Final = "rlm.model_call.response_chars"
+
+RLM_EXEC_ID: Final = "rlm.code.id"
+RLM_CODE_INDEX: Final = "rlm.code.index"
+RLM_CODE_RESTARTED: Final = "rlm.code.restarted"
+
+RLM_SUBCALL_ID: Final = "rlm.subcall.id"
+RLM_SUBCALL_RECURSIVE: Final = "rlm.subcall.recursive"
+RLM_BATCH_INDEX: Final = "rlm.subcall.batch_index"
+RLM_BATCH_SIZE: Final = "rlm.subcall.batch_size"
+
+RLM_RETRY_ATTEMPT: Final = "rlm.retry.attempt"
+RLM_RETRY_WAIT_S: Final = "rlm.retry.wait_s"
+RLM_FINAL_SOURCE: Final = "rlm.final.source"
+RLM_ERROR_MESSAGE: Final = "rlm.error.message"
+
+# Content attributes (only with capture_content on).
+RLM_QUERY: Final = "rlm.query"
+RLM_ANSWER: Final = "rlm.answer"
+RLM_LAST_MESSAGE: Final = "rlm.model_call.last_message"
+RLM_CODE: Final = "rlm.code"
+RLM_CODE_STDOUT: Final = "rlm.code.stdout"
+RLM_CODE_STDERR: Final = "rlm.code.stderr"
+RLM_CODE_ERROR: Final = "rlm.code.error"
+RLM_SUBCALL_PROMPT: Final = "rlm.subcall.prompt"
+
+# -- span event names -------------------------------------------------------------------
+
+EVENT_ITERATION: Final = "rlm.iteration.started"
+EVENT_RETRY: Final = "rlm.model_call.retry"
+EVENT_FINAL_ANSWER: Final = "rlm.final_answer"
+EVENT_SUBCALL_FAILED: Final = "rlm.subcall.failed"
+
+# -- span names --------------------------------------------------------------------------
+
+SPAN_RUN: Final = f"{OPERATION_INVOKE_AGENT} {AGENT_NAME}"
+SPAN_CODE: Final = f"{OPERATION_EXECUTE_TOOL} {TOOL_NAME}"
+
+
+def chat_span_name(model: str) -> str:
+    """The name of a model call's span: `chat {model}`."""
+    return f"{OPERATION_CHAT} {model}"
+
+
+# -- log event names ---------------------------------------------------------------------
+
+LOG_EVENT_NAMES: Final[dict[str, str]] = {
+    "run_started": "rlm.run.started",
+    "iteration_started": "rlm.iteration.started",
+    "model_call_started": "rlm.model_call.started",
+    "model_call_finished": "rlm.model_call.finished",
+    "model_retry": "rlm.model_call.retry",
+    "code_started": "rlm.code.started",
+    "code_executed": "rlm.code.executed",
+    "subcall_started": "rlm.subcall.started",
+    "subcall_finished": "rlm.subcall.finished",
+    "final_answer": "rlm.final_answer",
+    "run_finished": "rlm.run.finished",
+    "run_failed": "rlm.run.failed",
+}

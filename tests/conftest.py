@@ -1,0 +1,13 @@
+"""Suite-wide settings. No test reaches the network beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+# Timing-based health checks flake on a loaded 2-core CI machine; correctness is what the
+# properties check. With CI=true hypothesis also derandomises (its "ci" profile).
+settings.register_profile("ci", settings.get_profile("ci"), deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
