@@ -50,7 +50,7 @@ _IDEAS = (
 _TEMPLATES = (
     "The {adj} {noun} stood near the {noun2} for as long as anyone could remember.",
     "In {year}, {people} {verb} the {adj} {noun} by the {noun2}.",
-    "It is easy to overlook {idea}, but {people} rarely do.",
+    "It is easy to overlook {idea}, though not for {people}.",
     "{People} often say that {idea} matters more than the {noun} itself.",
     "Nobody expected the {noun} to become so {adj}, yet it did.",
     "When the {noun2} closed, {people} {verb} the {adj} {noun} instead.",

@@ -62,7 +62,9 @@ class InProcessRepl:
         if self._closed:
             coro.close()
             raise LLMQueryError("the run is over; no more sub-calls can be made")
-        future = outside_capture(asyncio.run_coroutine_threadsafe, coro, self._loop)
+        future: concurrent.futures.Future[T] = outside_capture(
+            asyncio.run_coroutine_threadsafe, coro, self._loop
+        )
         with self._pending_lock:
             self._pending.add(future)
         try:
