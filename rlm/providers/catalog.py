@@ -79,6 +79,15 @@ _CONTEXT_WINDOWS: dict[str, int] = {
     "claude-opus-4-7": 1 * _M,
     "claude-opus-4-8": 1 * _M,
     "claude-haiku-4-5": 200_000,
+    "claude-sonnet-5": 1 * _M,
+    "claude-sonnet-5-5": 1 * _M,
+    "claude-opus-5": 1 * _M,
+    "claude-opus-5-5": 1 * _M,
+    "claude-haiku-5-5": 1 * _M,
+    "claude-fable-5": 1 * _M,
+    "claude-fable-5-1": 1 * _M,
+    "claude-mythos-5": 1 * _M,
+    "claude-mythos-5-1": 1 * _M,
 }
 
 _lock = threading.Lock()

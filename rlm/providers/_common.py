@@ -1,0 +1,146 @@
+"""Small pieces both SDK adapters use: keys and base URLs, tool-call arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlparse
+
+from rlm.errors import MissingAPIKeyError
+
+C = TypeVar("C")
+
+#: Sent as the key to servers that need none (the SDKs refuse to start without one).
+PLACEHOLDER_KEY = "rlm-no-key"
+
+#: Seconds per attempt for clients rlm builds (the SDKs' own default): a non-streaming
+#: reply arrives only when generation ends, and reasoning models can think for minutes.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def env(name: str) -> str | None:
+    """An environment variable, with an empty value read as unset."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def is_official(url: str | None, domain: str) -> bool:
+    """Whether `url` is the provider's own API (None means the SDK's default, which is)."""
+    if url is None:
+        return True
+    host = (urlparse(url).hostname or "").lower()
+    return host == domain or host.endswith("." + domain)
+
+
+def resolve_key(
+    *,
+    label: str,
+    model: str,
+    api_key: str | None,
+    base_url: str | None,
+    key_env: str,
+    base_url_env: str,
+    domain: str,
+    required: bool = True,
+) -> str | None:
+    """The key to use: given, from `key_env`, or a placeholder for a non-official server.
+
+    Raises `MissingAPIKeyError` for the official API without a key when `required`;
+    returns None in that case otherwise (the caller looks for other credentials).
+    """
+    key = api_key or env(key_env)
+    if key:
+        return key
+    if not is_official(base_url, domain):
+        return PLACEHOLDER_KEY
+    if not required:
+        return None
+    raise missing_key_error(label, model, key_env, base_url_env)
+
+
+def missing_key_error(
+    label: str, model: str, key_env: str, base_url_env: str
+) -> MissingAPIKeyError:
+    return MissingAPIKeyError(
+        f"{label} model {model!r} needs an API key: set the {key_env} environment variable "
+        f"(export {key_env}=...) or pass api_key=.... For a local or self-hosted server "
+        f"that needs no key, pass base_url=... (or set {base_url_env})."
+    )
+
+
+def parse_arguments(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A tool call's arguments as a dict.
+
+    Arguments that are not a JSON object are kept, unparsed, under "_invalid_json" so
+    the call still reaches the parsing strategy (which can tell the model).
+    """
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return {"_invalid_json": raw}
+    return dict(value) if isinstance(value, dict) else {"_invalid_json": raw}
+
+
+def preview(value: object, limit: int = 200) -> str:
+    """A short printable form of an unexpected reply, for error messages."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.strip()
+    if not text:
+        return "an empty body"
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+class PerLoop(Generic[C]):
+    """One SDK client per event loop, closed when its loop shuts down.
+
+    An httpx connection pool belongs to the event loop that opened its connections, and
+    each `rlm.run` call runs its own loop, so a model reused across runs (or shared by
+    threads) needs a client for each loop. The first loop gets `first`; later ones get
+    `make()`. Clients rlm built are closed as their loop shuts down (`asyncio.run`
+    closes the loop's async generators, and a suspended one holds the client), so no
+    connection outlives its run.
+    """
+
+    def __init__(self, first: C, make: Callable[[], C], *, owned: bool = True) -> None:
+        self._first: C | None = first
+        self._make = make
+        self._owned = owned
+        self._lock = threading.Lock()
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[C, AsyncGenerator[None, None] | None]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(self) -> C:
+        """The client for the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._clients.get(loop)
+            if entry is not None:
+                return entry[0]
+            if self._first is not None:
+                client, self._first = self._first, None
+            else:
+                client = self._make()
+            closer = _close_at_shutdown(client) if self._owned else None
+            self._clients[loop] = (client, closer)
+        if closer is not None:
+            await closer.asend(None)
+        return client
+
+
+async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()

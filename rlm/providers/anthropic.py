@@ -1,0 +1,343 @@
+"""`AnthropicModel`: Claude through the Anthropic Messages API.
+
+```python
+model = AnthropicModel("claude-sonnet-4-5")                    # ANTHROPIC_API_KEY
+model = AnthropicModel("claude-haiku-4-5", prompt_caching=False)
+```
+
+Prompt caching is on by default: messages the engine marks with `cache_breakpoint` (the
+system prompt, and the end of each request, which the next request repeats as its
+prefix) get `cache_control: {"type": "ephemeral"}`, so each iteration reads the history
+from the cache instead of paying for it again. `Usage.cache_read_tokens` and
+`cache_write_tokens` show the effect; costs use the cache prices.
+
+The `anthropic` SDK is imported with this module, which rlm imports only when an
+Anthropic model is first built (`import rlm` stays SDK-free).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+from anthropic.types import Message as AnthropicMessage
+
+from rlm.errors import ConfigurationError, MalformedResponseError, MissingAPIKeyError
+from rlm.providers._common import (
+    DEFAULT_TIMEOUT_S,
+    PerLoop,
+    env,
+    missing_key_error,
+    parse_arguments,
+    preview,
+    resolve_key,
+)
+from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.retry import ProviderSpec, RetryPolicy, SDKErrors, call_with_retries
+
+ANTHROPIC_ERRORS = SDKErrors(
+    base=anthropic.AnthropicError,
+    status=anthropic.APIStatusError,
+    connection=anthropic.APIConnectionError,
+    timeout=anthropic.APITimeoutError,
+    validation=anthropic.APIResponseValidationError,
+)
+
+#: The Messages API requires `max_tokens`; this is used when nothing else sets it.
+DEFAULT_MAX_OUTPUT_TOKENS = 8192
+#: Anthropic accepts at most this many `cache_control` breakpoints per request.
+MAX_CACHE_BREAKPOINTS = 4
+#: Older models whose replies are capped below the default.
+_SMALL_OUTPUT_MODELS = ("claude-3-haiku", "claude-3-opus", "claude-3-sonnet")
+_EMPTY_TEXT = "(empty)"
+
+
+def _supports_open_telemetry() -> bool:
+    try:
+        parameters = inspect.signature(anthropic.AsyncAnthropic.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "open_telemetry" in parameters
+
+
+class AnthropicModel:
+    """A Claude model through the Anthropic Messages API (non-streaming).
+
+    Args:
+        model: the model name, e.g. "claude-sonnet-4-5".
+        client: an `anthropic.AsyncAnthropic` to use instead of building one; it is
+            used through `with_options(max_retries=0)` because rlm does the retrying.
+        base_url: the API root (default: `ANTHROPIC_BASE_URL`, else Anthropic's API).
+        api_key: the key (default: `ANTHROPIC_API_KEY`; the SDK's other credentials,
+            such as `ANTHROPIC_AUTH_TOKEN` or a profile, work too). A server other than
+            Anthropic's may need none; a placeholder is sent then.
+        timeout: seconds per attempt (default 600 for clients built here; a `client`
+            you pass keeps its own timeout unless you set this).
+        temperature: sampling temperature; not sent unless set.
+        max_output_tokens: the cap on each reply (Anthropic requires one; default
+            8192, or 4096 for Claude 3 Haiku/Opus).
+        retry: how failed calls are retried (default `RetryPolicy()`).
+        context_window: the model's window in tokens (default: rlm's table, else None).
+        prompt_caching: mark the engine's cache breakpoints with `cache_control`
+            (default True).
+
+    Raises:
+        MissingAPIKeyError: for Anthropic's API without credentials, before any request.
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        client: anthropic.AsyncAnthropic | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
+        retry: RetryPolicy | None = None,
+        context_window: int | None = None,
+        prompt_caching: bool = True,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError("AnthropicModel needs a model name, e.g. 'claude-sonnet-4-5'")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
+        self.name = model
+        self.temperature = temperature
+        small = model.startswith(_SMALL_OUTPUT_MODELS)
+        self.max_output_tokens = max_output_tokens or (4096 if small else DEFAULT_MAX_OUTPUT_TOKENS)
+        self.retry = retry or RetryPolicy()
+        self.context_window = context_window or known_context_window(model)
+        self.prompt_caching = prompt_caching
+        if client is not None:
+            if not isinstance(client, anthropic.AsyncAnthropic):
+                raise ConfigurationError(
+                    "client must be an anthropic.AsyncAnthropic (async), not "
+                    f"{type(client).__name__}"
+                )
+            options: dict[str, Any] = {"max_retries": 0}
+            if timeout is not None:
+                options["timeout"] = timeout
+            # Your client is used as is: like any httpx client, it belongs to one loop.
+            self.client = client.with_options(**options)
+            self._clients = PerLoop(self.client, lambda: self.client, owned=False)
+        else:
+            url = base_url or env("ANTHROPIC_BASE_URL")
+            key = resolve_key(
+                label="Anthropic",
+                model=model,
+                api_key=api_key,
+                base_url=url,
+                key_env="ANTHROPIC_API_KEY",
+                base_url_env="ANTHROPIC_BASE_URL",
+                domain="anthropic.com",
+                required=False,
+            )
+            kwargs: dict[str, Any] = {
+                "api_key": key,
+                "base_url": url,
+                "timeout": timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+                "max_retries": 0,
+            }
+            if _supports_open_telemetry():
+                # rlm's own telemetry already has a span per model call.
+                kwargs["open_telemetry"] = False
+            try:
+                self.client = anthropic.AsyncAnthropic(**kwargs)
+                self._clients = PerLoop(self.client, lambda: anthropic.AsyncAnthropic(**kwargs))
+            except anthropic.CredentialsError as exc:
+                raise MissingAPIKeyError(
+                    f"Anthropic credentials for model {model!r} could not be loaded: {exc} "
+                    "Set ANTHROPIC_API_KEY (or pass api_key=...), or fix the profile."
+                ) from exc
+            if key is None and not _has_credentials(self.client):
+                raise missing_key_error(
+                    "Anthropic", model, "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"
+                )
+        self.base_url = str(self.client.base_url)
+        client_timeout = self.client.timeout
+        self._spec = ProviderSpec(
+            label="Anthropic",
+            model=model,
+            base_url=self.base_url,
+            key_env="ANTHROPIC_API_KEY",
+            base_url_env="ANTHROPIC_BASE_URL",
+            api_name="Anthropic Messages",
+            timeout_s=client_timeout if isinstance(client_timeout, int | float) else None,
+            errors=ANTHROPIC_ERRORS,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send `request` as one Messages call, retrying transient failures."""
+        params = self.request_params(request)
+
+        async def attempt() -> ModelResponse:
+            raw = await (await self._clients.get()).messages.create(**params)
+            return self.parse_response(raw)
+
+        return await call_with_retries(attempt, spec=self._spec, policy=self.retry)
+
+    def request_params(self, request: ModelRequest) -> dict[str, Any]:
+        """The keyword arguments of `messages.create` for `request`."""
+        system, messages = build_messages(request.messages, caching=self.prompt_caching)
+        params: dict[str, Any] = {
+            "model": self.name,
+            "messages": messages,
+            "max_tokens": request.max_output_tokens or self.max_output_tokens,
+        }
+        if system:
+            params["system"] = system
+        if request.tools:
+            params["tools"] = [_tool(t) for t in request.tools]
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            params["temperature"] = temperature
+        return params
+
+    def parse_response(self, raw: object) -> ModelResponse:
+        """A `ModelResponse` from the SDK's reply; `MalformedResponseError` if unusable."""
+        if not isinstance(raw, AnthropicMessage):
+            raise self._malformed(f"expected a JSON message, got {preview(raw)}")
+        content = getattr(raw, "content", None)
+        if content is None:
+            raise self._malformed("the reply has no content")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in content:
+            kind = getattr(block, "type", None)
+            if kind == "text":
+                texts.append(getattr(block, "text", "") or "")
+            elif kind == "tool_use":
+                calls.append(
+                    ToolCall(
+                        id=getattr(block, "id", None) or f"toolu_{len(calls)}",
+                        name=getattr(block, "name", "") or "",
+                        arguments=parse_arguments(getattr(block, "input", None)),
+                    )
+                )
+        return ModelResponse(
+            text="".join(texts),
+            usage=_usage(getattr(raw, "usage", None)),
+            model=getattr(raw, "model", None) or self.name,
+            finish_reason=getattr(raw, "stop_reason", None),
+            tool_calls=tuple(calls),
+        )
+
+    def _malformed(self, detail: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            f"Anthropic ({self.base_url}) for model {self.name!r} sent a reply that could not "
+            f"be read: {detail}. If this is a proxy or another server, check that it speaks "
+            "the Anthropic Messages API.",
+            model=self.name,
+        )
+
+
+def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:
+    """Whether the SDK found any credential (key, token, profile, federation)."""
+    return any(
+        getattr(client, attr, None) is not None for attr in ("api_key", "auth_token", "credentials")
+    )
+
+
+@dataclass
+class _Turn:
+    role: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_messages(
+    messages: Sequence[Message], *, caching: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """rlm messages as Anthropic's `system` blocks and `messages`.
+
+    System messages become `system` text blocks. Consecutive messages of one role are
+    merged (tool results travel in a user turn). With `caching`, the last block of each
+    message marked `cache_breakpoint` gets `cache_control`, at most four in all: the
+    last system breakpoint and the latest message breakpoints.
+    """
+    system: list[dict[str, Any]] = []
+    system_marks: list[dict[str, Any]] = []
+    turns: list[_Turn] = []
+    marks: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            if message.content:
+                system.append({"type": "text", "text": message.content})
+                if message.cache_breakpoint:
+                    system_marks.append(system[-1])
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        blocks = _blocks(message)
+        if turns and turns[-1].role == role:
+            turns[-1].blocks.extend(blocks)
+        else:
+            turns.append(_Turn(role, blocks))
+        if message.cache_breakpoint and blocks:
+            marks.append(blocks[-1])
+    if caching:
+        chosen = system_marks[-1:]
+        room = MAX_CACHE_BREAKPOINTS - len(chosen)
+        chosen += marks[-room:] if room > 0 and marks else []
+        for block in chosen:
+            block["cache_control"] = {"type": "ephemeral"}
+    return system, [{"role": t.role, "content": t.blocks} for t in turns]
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+                "content": message.content or _EMPTY_TEXT,
+            }
+        ]
+    blocks: list[dict[str, Any]] = []
+    # Anthropic rejects empty text blocks, and messages without content.
+    if message.content or not message.tool_calls:
+        blocks.append({"type": "text", "text": message.content or _EMPTY_TEXT})
+    if message.role == "assistant":
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": dict(c.arguments)}
+            for c in message.tool_calls
+        ]
+    return blocks
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": dict(tool.parameters),
+    }
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(usage: Any) -> Usage:
+    """Anthropic's `input_tokens` exclude cache reads and writes: add them back."""
+    if usage is None:
+        return Usage(requests=1)
+    read = _count(getattr(usage, "cache_read_input_tokens", 0))
+    write = _count(getattr(usage, "cache_creation_input_tokens", 0))
+    details = getattr(usage, "output_tokens_details", None)
+    return Usage(
+        input_tokens=_count(getattr(usage, "input_tokens", 0)) + read + write,
+        output_tokens=_count(getattr(usage, "output_tokens", 0)),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        reasoning_tokens=_count(getattr(details, "thinking_tokens", 0)),
+        requests=1,
+    )

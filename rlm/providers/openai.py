@@ -1,0 +1,272 @@
+"""`OpenAIModel`: OpenAI Chat Completions, and any server that speaks it.
+
+```python
+model = OpenAIModel("gpt-4o-mini")                                    # OPENAI_API_KEY
+local = OpenAIModel("llama3.1", base_url="http://localhost:11434/v1")  # Ollama, no key
+```
+
+The `openai` SDK is imported with this module, which rlm imports only when an OpenAI
+model is first built (`import rlm` stays SDK-free).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from rlm.errors import ConfigurationError, MalformedResponseError
+from rlm.providers._common import (
+    DEFAULT_TIMEOUT_S,
+    PerLoop,
+    env,
+    is_official,
+    parse_arguments,
+    preview,
+    resolve_key,
+)
+from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.retry import ProviderSpec, RetryPolicy, SDKErrors, call_with_retries
+
+OPENAI_ERRORS = SDKErrors(
+    base=openai.OpenAIError,
+    status=openai.APIStatusError,
+    connection=openai.APIConnectionError,
+    timeout=openai.APITimeoutError,
+    validation=openai.APIResponseValidationError,
+)
+
+
+class OpenAIModel:
+    """A model served through the OpenAI Chat Completions API (non-streaming).
+
+    Args:
+        model: the model name as the server knows it ("gpt-4o-mini", "llama3.1:8b").
+        client: an `openai.AsyncOpenAI` to use instead of building one; it is used
+            through `with_options(max_retries=0)` because rlm does the retrying.
+        base_url: the API root, e.g. "http://localhost:8000/v1" (default:
+            `OPENAI_BASE_URL`, else OpenAI's API).
+        api_key: the key (default: `OPENAI_API_KEY`). Servers other than OpenAI's
+            may need none; a placeholder is sent then.
+        timeout: seconds per attempt (default 600 for clients built here; a `client`
+            you pass keeps its own timeout unless you set this).
+        temperature: sampling temperature; not sent unless set (reasoning models
+            accept only the default).
+        max_output_tokens: a cap on each reply's tokens; not sent unless set.
+        retry: how failed calls are retried (default `RetryPolicy()`).
+        context_window: the model's window in tokens (default: rlm's table, else None).
+        extra_body: extra JSON fields merged into every request (server-specific
+            options such as `reasoning_effort` or vLLM's sampling parameters).
+
+    Raises:
+        MissingAPIKeyError: for OpenAI's API without a key, before any request.
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
+        retry: RetryPolicy | None = None,
+        context_window: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
+        self.name = model
+        self.temperature = temperature
+        self.max_output_tokens = max_output_tokens
+        self.retry = retry or RetryPolicy()
+        self.context_window = context_window or known_context_window(model)
+        self.extra_body = dict(extra_body or {})
+        if client is not None:
+            if not isinstance(client, openai.AsyncOpenAI):
+                raise ConfigurationError(
+                    f"client must be an openai.AsyncOpenAI (async), not {type(client).__name__}"
+                )
+            options: dict[str, Any] = {"max_retries": 0}
+            if timeout is not None:
+                options["timeout"] = timeout
+            # Your client is used as is: like any httpx client, it belongs to one loop.
+            self.client = client.with_options(**options)
+            self._clients = PerLoop(self.client, lambda: self.client, owned=False)
+        else:
+            url = base_url or env("OPENAI_BASE_URL")
+            key = resolve_key(
+                label="OpenAI",
+                model=model,
+                api_key=api_key,
+                base_url=url,
+                key_env="OPENAI_API_KEY",
+                base_url_env="OPENAI_BASE_URL",
+                domain="openai.com",
+            )
+
+            def build() -> openai.AsyncOpenAI:
+                return openai.AsyncOpenAI(
+                    api_key=key,
+                    base_url=url,
+                    timeout=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+                    max_retries=0,
+                )
+
+            self.client = build()
+            self._clients = PerLoop(self.client, build)
+        self.base_url = str(self.client.base_url)
+        # OpenAI's API wants max_completion_tokens; compatible servers know max_tokens.
+        self._max_tokens_field = (
+            "max_completion_tokens" if is_official(self.base_url, "openai.com") else "max_tokens"
+        )
+        client_timeout = self.client.timeout
+        self._spec = ProviderSpec(
+            label="OpenAI" if is_official(self.base_url, "openai.com") else "OpenAI-compatible",
+            model=model,
+            base_url=self.base_url,
+            key_env="OPENAI_API_KEY",
+            base_url_env="OPENAI_BASE_URL",
+            api_name="OpenAI Chat Completions",
+            timeout_s=client_timeout if isinstance(client_timeout, int | float) else None,
+            errors=OPENAI_ERRORS,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.name!r}, base_url={self.base_url!r})"
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send `request` as one chat completion, retrying transient failures."""
+        params = self.request_params(request)
+
+        async def attempt() -> ModelResponse:
+            raw = await (await self._clients.get()).chat.completions.create(**params)
+            return self.parse_response(raw)
+
+        return await call_with_retries(attempt, spec=self._spec, policy=self.retry)
+
+    def request_params(self, request: ModelRequest) -> dict[str, Any]:
+        """The keyword arguments of `chat.completions.create` for `request`."""
+        params: dict[str, Any] = {
+            "model": self.name,
+            "messages": [_message(m) for m in request.messages],
+        }
+        if request.tools:
+            params["tools"] = [_tool(t) for t in request.tools]
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        if temperature is not None:
+            params["temperature"] = temperature
+        max_tokens = request.max_output_tokens or self.max_output_tokens
+        if max_tokens is not None:
+            params[self._max_tokens_field] = max_tokens
+        if self.extra_body:
+            params["extra_body"] = dict(self.extra_body)
+        return params
+
+    def parse_response(self, raw: object) -> ModelResponse:
+        """A `ModelResponse` from the SDK's reply; `MalformedResponseError` if unusable."""
+        if not isinstance(raw, ChatCompletion):
+            raise self._malformed(f"expected a JSON chat completion, got {preview(raw)}")
+        choices = getattr(raw, "choices", None)
+        if not choices:
+            raise self._malformed("the reply has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise self._malformed("the reply's first choice has no message")
+        parsed = (_tool_call(c, i) for i, c in enumerate(message.tool_calls or ()))
+        calls = tuple(c for c in parsed if c is not None)
+        text = message.content
+        if text is None:
+            text = getattr(message, "refusal", None)
+        if text is None and not calls:
+            raise self._malformed("the reply's message has no content and no tool calls")
+        return ModelResponse(
+            text=text or "",
+            usage=_usage(getattr(raw, "usage", None)),
+            model=getattr(raw, "model", None) or self.name,
+            finish_reason=getattr(choice, "finish_reason", None),
+            tool_calls=calls,
+        )
+
+    def _malformed(self, detail: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            f"{self._spec.label} ({self.base_url}) for model {self.name!r} sent a reply that "
+            f"could not be read: {detail}. If this is a proxy or local server, check that it "
+            "speaks the OpenAI Chat Completions API.",
+            model=self.name,
+        )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": message.content,
+        }
+    if message.role == "assistant" and message.tool_calls:
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": json.dumps(dict(call.arguments))},
+                }
+                for call in message.tool_calls
+            ],
+        }
+    return {"role": message.role, "content": message.content}
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+        },
+    }
+
+
+def _tool_call(call: Any, index: int) -> ToolCall | None:
+    function = getattr(call, "function", None)
+    if function is None or not getattr(function, "name", None):
+        return None
+    return ToolCall(
+        id=getattr(call, "id", None) or f"call_{index}",
+        name=function.name,
+        arguments=parse_arguments(getattr(function, "arguments", None)),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(usage: Any) -> Usage:
+    """OpenAI's `prompt_tokens` already include cached tokens: no adjustment needed."""
+    if usage is None:
+        return Usage(requests=1)
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=_count(getattr(usage, "prompt_tokens", 0)),
+        output_tokens=_count(getattr(usage, "completion_tokens", 0)),
+        cache_read_tokens=_count(getattr(prompt_details, "cached_tokens", 0)),
+        reasoning_tokens=_count(getattr(completion_details, "reasoning_tokens", 0)),
+        requests=1,
+    )
