@@ -681,19 +681,24 @@ class _Run:
                     )
                 )
 
+            def finished(**outcome: Any) -> ModelCallFinished:
+                return ModelCallFinished(
+                    **self._base(),
+                    call_id=call_id,
+                    model=info.name,
+                    provider=info.provider,
+                    purpose=purpose,
+                    subcall_id=subcall_id,
+                    **outcome,
+                )
+
             token = retry_listener.set(on_retry)
             started = time.perf_counter()
             try:
                 response = await model.complete(request)
             except Exception as exc:
                 await self.emit(
-                    ModelCallFinished(
-                        **self._base(),
-                        call_id=call_id,
-                        model=info.name,
-                        provider=info.provider,
-                        purpose=purpose,
-                        subcall_id=subcall_id,
+                    finished(
                         latency_s=time.perf_counter() - started,
                         error_type=type(exc).__name__,
                         error=str(exc),
@@ -706,13 +711,7 @@ class _Run:
         usage = response.usage if response.usage.requests else replace(response.usage, requests=1)
         cost = self.ledger.record(info.name, usage)
         await self.emit(
-            ModelCallFinished(
-                **self._base(),
-                call_id=call_id,
-                model=info.name,
-                provider=info.provider,
-                purpose=purpose,
-                subcall_id=subcall_id,
+            finished(
                 response_model=response.model,
                 usage=usage,
                 cost_usd=cost,
