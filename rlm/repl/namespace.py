@@ -27,7 +27,6 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from rlm.repl.base import HELPER_NAMES, RESERVED_NAMES, VariableLookup, missing_variable_message
 
-
 T = TypeVar("T")
 
 

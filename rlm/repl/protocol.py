@@ -1,0 +1,45 @@
+"""The wire format between `SubprocessRepl` (the host) and its worker process.
+
+Two pipes, on their own file descriptors (never the worker's stdin/stdout/stderr, so code
+that prints or writes to fd 1/2 cannot corrupt them). Each message is a frame: a 4-byte
+big-endian length, then the payload.
+
+- Host -> worker payloads are `marshal` data (built-in types only; fast, and the worker
+  needs no import for it): the worker trusts the host.
+- Worker -> host payloads are UTF-8 JSON objects: the worker runs code the host does not
+  trust, so the host never unpickles anything that comes from it, checks every field, and
+  refuses frames larger than `MAX_FRAME`.
+
+Messages (`op` names the kind):
+
+| direction | op | fields |
+| --- | --- | --- |
+| worker -> host | `spawned` | (imports done, ready for `load`) |
+| host -> worker | `load` | `sys_path`, `limits`, `context` (inline or a file in the scratch dir) |
+| worker -> host | `loaded` / `load_failed` | `error` |
+| host -> worker | `exec` | `id`, `code` |
+| worker -> host | `call` | `id`, `fn`, `prompt` or `prompts`, `model` (a sub-call) |
+| host -> worker | `reply` | `id`, `ok`, `value` or `error` |
+| host -> worker | `interrupt` | `id` (the block hit its time limit) |
+| worker -> host | `done` | `id`, `stdout`, `stderr`, `*_chars`, `error`, `final` |
+| host -> worker | `lookup` | `name` |
+| worker -> host | `lookup_result` | `value`, `error` |
+
+This module imports only the standard library: the worker loads it at start-up.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct(">I")
+# The largest frame either side accepts: outputs are capped well below this in the worker.
+MAX_FRAME = 256 * 1024 * 1024
+# The largest FINAL answer or variable text the worker sends back.
+MAX_ANSWER_CHARS = 64 * 1024 * 1024
+
+# The worker's exit status when it can no longer write to the host (its pipe was closed).
+EXIT_LOST_CONNECTION = 86
+
+SUBCALL_FUNCTIONS = frozenset({"llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched"})
+BATCHED_FUNCTIONS = frozenset({"llm_query_batched", "rlm_query_batched"})

@@ -1,0 +1,505 @@
+"""How `SubprocessRepl` confines its worker: limits, bubblewrap, cgroups, a clean environment.
+
+- `ReplLimits`: the per-run limits (time per block, memory, CPU, output, processes, files).
+- Isolation: with `bwrap` (bubblewrap) the worker gets no network, its own PID/IPC/UTS
+  namespaces, no capabilities, a read-only view of the system with home directories,
+  `/run`, `/var/...`, `/mnt`, `/opt`, `/srv` and the host's working directory hidden, and
+  a private scratch directory as `/tmp`, its working directory and `$HOME`. Without
+  bwrap it is a plain subprocess with the same resource limits (see docs/sandbox.md for
+  what that path does not protect).
+- Processes: a pids cgroup when one can be created (root, or a delegated cgroup);
+  otherwise RLIMIT_NPROC, which the kernel does not enforce for root.
+- Environment: an allowlist (PATH, locale, TZ, a HOME in scratch), so no API keys.
+
+Nothing here imports more than the standard library at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlm.errors import ConfigurationError
+from rlm.repl.protocol import EXIT_LOST_CONNECTION
+
+Isolation = Literal["auto", "bwrap", "none"]
+
+# Where the scratch directory appears inside the bwrap sandbox.
+SANDBOX_SCRATCH = "/tmp"
+# Size of the memory-backed /dev/shm inside the sandbox.
+SHM_BYTES = 64 << 20
+
+# Hidden inside the sandbox (an empty read-only directory is mounted over each), unless
+# the Python runtime lives there, in which case only the runtime's own folders show.
+HIDDEN_DIRS: tuple[str, ...] = (
+    "/root",
+    "/home",
+    "/run",
+    "/var/run",
+    "/var/tmp",
+    "/var/lib",
+    "/var/log",
+    "/var/mail",
+    "/var/spool",
+    "/var/backups",
+    "/mnt",
+    "/media",
+    "/opt",
+    "/srv",
+)
+
+# Host environment variables the worker may see (values copied when set).
+ENV_ALLOWLIST: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplLimits:
+    """Limits for the code a model runs in a `SubprocessRepl`.
+
+    Args:
+        wall_seconds: time per code block. At the limit the block is interrupted (a
+            `KeyboardInterrupt` in the model's code; variables are kept); if it has not
+            stopped `grace_seconds` later, the worker is killed and replaced.
+        grace_seconds: how long an interrupted block gets to stop.
+        memory_mb: address space the model's code may allocate, on top of what the
+            worker holds once the context is loaded (RLIMIT_AS; `MemoryError` past it).
+            None: no limit.
+        cpu_seconds: CPU time per block (RLIMIT_CPU; the block is stopped past it).
+            None: only the wall-time limit applies.
+        max_processes: processes and threads in the sandbox at once (a pids cgroup, or
+            RLIMIT_NPROC; see docs/sandbox.md). None: no limit.
+        output_chars: stdout (and stderr) characters kept per block, head and tail; the
+            true length is always reported.
+        file_size_mb: the largest file the code may write (RLIMIT_FSIZE). None: no limit.
+    """
+
+    wall_seconds: float = 60.0
+    grace_seconds: float = 2.0
+    memory_mb: int | None = 2048
+    cpu_seconds: float | None = None
+    max_processes: int | None = 64
+    output_chars: int = 2_000_000
+    file_size_mb: int | None = 1024
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float | None, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not value > 0
+                or value != value
+            ):
+                raise ConfigurationError(
+                    f"ReplLimits.{name} must be a positive number, not {value!r}"
+                )
+
+        positive("wall_seconds", self.wall_seconds)
+        positive("grace_seconds", self.grace_seconds)
+        positive("memory_mb", self.memory_mb, optional=True)
+        positive("cpu_seconds", self.cpu_seconds, optional=True)
+        positive("file_size_mb", self.file_size_mb, optional=True)
+        positive("output_chars", self.output_chars)
+        if self.max_processes is not None and (
+            not isinstance(self.max_processes, int) or self.max_processes < 4
+        ):
+            raise ConfigurationError(
+                "ReplLimits.max_processes must be an integer >= 4 (the worker itself uses "
+                f"a few), or None, not {self.max_processes!r}"
+            )
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+def worker_env(home: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker's whole environment: an allowlist, never the host's secrets."""
+    env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env["HOME"] = home
+    env["TMPDIR"] = home
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+# -- bubblewrap ------------------------------------------------------------------------------
+
+_bwrap_lock = threading.Lock()
+_bwrap_ok: bool | None = None
+_bwrap_problem = ""
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def _base_bwrap_args(bwrap: str) -> list[str]:
+    args = [
+        bwrap,
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+    ]
+    if os.geteuid() == 0:
+        args += ["--cap-drop", "ALL"]
+    return args
+
+
+def bwrap_status() -> tuple[bool | None, str]:
+    """What is known about bwrap here: (True, "") it works, (False, why) it does not, or
+    (None, "") installed but not tried yet (the first sandboxed worker will tell)."""
+    global _bwrap_ok, _bwrap_problem
+    with _bwrap_lock:
+        if _bwrap_ok is None and bwrap_path() is None:
+            _bwrap_ok, _bwrap_problem = False, "bwrap is not installed"
+        return _bwrap_ok, _bwrap_problem
+
+
+def record_bwrap(ok: bool, problem: str = "") -> None:
+    """Remember whether bwrap could start a worker (from the first attempt)."""
+    global _bwrap_ok, _bwrap_problem
+    with _bwrap_lock:
+        if _bwrap_ok is None:
+            _bwrap_ok, _bwrap_problem = ok, problem
+
+
+def bwrap_works() -> tuple[bool, str]:
+    """Whether bwrap can build our sandbox here (checked once, by running it, unless a
+    worker has already told)."""
+    global _bwrap_ok, _bwrap_problem
+    with _bwrap_lock:
+        if _bwrap_ok is None:
+            bwrap = bwrap_path()
+            if bwrap is None:
+                _bwrap_ok, _bwrap_problem = False, "bwrap is not installed"
+            else:
+                cmd = [
+                    *_base_bwrap_args(bwrap),
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--",
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    "pass",
+                ]
+                try:
+                    done = subprocess.run(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        timeout=30,
+                        env=worker_env("/"),
+                    )
+                    _bwrap_ok = done.returncode == 0
+                    _bwrap_problem = done.stderr.decode(errors="replace").strip()[:300]
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    _bwrap_ok, _bwrap_problem = False, str(exc)
+        return _bwrap_ok, _bwrap_problem
+
+
+def _is_within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _existing(entries: Iterable[str]) -> list[str]:
+    found: set[str] = set()
+    for entry in entries:
+        if not entry or not os.path.isabs(entry):
+            continue
+        for path in (os.path.normpath(entry), os.path.realpath(entry)):
+            if path != "/" and os.path.exists(path):
+                found.add(path)
+    return sorted(found)
+
+
+def runtime_paths(rlm_dir: str) -> tuple[list[str], list[str]]:
+    """What the worker must read (the interpreter, its prefixes, rlm), and what it may
+    (the host's `sys.path`, for packages the model's code imports)."""
+    core = _existing(
+        [
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            sys.base_exec_prefix,
+            os.path.dirname(sys.executable),
+            os.path.dirname(os.path.realpath(sys.executable)),
+            rlm_dir,
+        ]
+    )
+    return core, _existing(sys.path)
+
+
+def hidden_dirs(core: Sequence[str], extra: Iterable[str] = ()) -> list[str]:
+    """Directories to hide: the fixed list, $HOME, the host's cwd and `extra`."""
+    wanted = [*HIDDEN_DIRS, *extra]
+    home = os.environ.get("HOME")
+    if home:
+        wanted.append(home)
+    with contextlib.suppress(OSError):
+        wanted.append(os.getcwd())
+    chosen: list[str] = []
+    for raw in wanted:
+        if not raw or not os.path.isabs(raw):
+            continue
+        path = os.path.normpath(raw)
+        if path == "/" or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        # /tmp is replaced by the scratch folder anyway; the runtime must stay whole.
+        if _is_within(path, SANDBOX_SCRATCH) or any(_is_within(path, c) for c in core):
+            continue
+        if path not in chosen:
+            chosen.append(path)
+    # Drop folders already inside another hidden one.
+    return [p for p in chosen if not any(p != q and _is_within(p, q) for q in chosen)]
+
+
+def bwrap_command(
+    scratch: str, rlm_dir: str, worker_argv: Sequence[str], hide: Iterable[str] = ()
+) -> list[str]:
+    """The bwrap command line that runs `worker_argv` in the sandbox."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        raise FileNotFoundError("bwrap")
+    core, importable = runtime_paths(rlm_dir)
+    masks = hidden_dirs(core, hide)
+    covered = [*masks, SANDBOX_SCRATCH]
+    shown: list[str] = []
+    # Runtime folders inside a hidden one come back, read-only. A sys.path folder that
+    # contains a hidden one (a project root, say) stays hidden: rlm is shown on its own.
+    for path in [*core, *importable]:
+        if not any(_is_within(path, m) for m in covered):
+            continue
+        if path not in core and any(_is_within(m, path) for m in covered):
+            continue
+        shown.append(path)
+    shown = [p for p in shown if not any(p != q and _is_within(p, q) for q in shown)]
+    args = _base_bwrap_args(bwrap)
+    args += ["--ro-bind", "/", "/"]
+    args += ["--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
+    args += ["--remount-ro", "/dev", "--proc", "/proc"]
+    for mask in masks:
+        args += ["--tmpfs", mask]
+    args += ["--bind", scratch, SANDBOX_SCRATCH]
+    for path in sorted(shown):
+        args += ["--ro-bind", path, path]
+    for mask in masks:
+        args += ["--remount-ro", mask]
+    args += ["--chdir", SANDBOX_SCRATCH, "--", *worker_argv]
+    return args
+
+
+# -- cgroups (pids) ----------------------------------------------------------------------------
+
+
+class CgroupTree:
+    """A folder of per-worker pids cgroups (v1 `pids` hierarchy or cgroup v2)."""
+
+    def __init__(self, base: Path, version: int) -> None:
+        self.base = base
+        self.version = version
+
+    def create(self, name: str) -> Path:
+        path = self.base / name
+        path.mkdir()
+        return path
+
+    def set_max(self, group: Path, limit: int | None) -> None:
+        (group / "pids.max").write_text("max" if limit is None else str(limit))
+
+    def procs(self, group: Path) -> list[int]:
+        try:
+            return [int(x) for x in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def kill_all(self, group: Path) -> None:
+        """SIGKILL every process in the group, including ones that forked meanwhile."""
+        kill_file = group / "cgroup.kill"
+        if self.version == 2 and kill_file.exists():
+            with contextlib.suppress(OSError):
+                kill_file.write_text("1")
+        for _ in range(200):
+            pids = self.procs(group)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+
+    def remove(self, group: Path) -> None:
+        self.kill_all(group)
+        for _ in range(100):
+            try:
+                group.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.01)
+
+    def clean_stale(self) -> None:
+        """Remove groups left behind by processes that died without closing them."""
+        try:
+            entries = list(self.base.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            parts = entry.name.split("-")
+            if len(parts) < 3 or parts[0] != "w" or not parts[1].isdigit():
+                continue
+            if not pid_alive(int(parts[1])):
+                self.remove(entry)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_cgroup_lock = threading.Lock()
+_cgroup_tree: CgroupTree | None = None
+_cgroup_checked = False
+
+
+def cgroup_tree() -> CgroupTree | None:
+    """A writable place for per-worker pids cgroups, or None (checked once)."""
+    global _cgroup_tree, _cgroup_checked
+    with _cgroup_lock:
+        if not _cgroup_checked:
+            _cgroup_checked = True
+            _cgroup_tree = _find_cgroup_tree()
+            if _cgroup_tree is not None:
+                _cgroup_tree.clean_stale()
+        return _cgroup_tree
+
+
+def _find_cgroup_tree() -> CgroupTree | None:
+    if os.environ.get("RLM_REPL_NO_CGROUPS"):
+        return None
+    root = Path("/sys/fs/cgroup")
+    candidates: list[tuple[Path, int]] = []
+    if (root / "cgroup.controllers").exists():
+        candidates.append((root / "rlm-repl", 2))
+    if (root / "pids" / "cgroup.procs").exists():
+        candidates.append((root / "pids" / "rlm-repl", 1))
+    for base, version in candidates:
+        try:
+            if version == 2:
+                controllers = (root / "cgroup.controllers").read_text().split()
+                if "pids" not in controllers:
+                    continue
+                if "pids" not in (root / "cgroup.subtree_control").read_text().split():
+                    (root / "cgroup.subtree_control").write_text("+pids")
+            base.mkdir(exist_ok=True)
+            if version == 2:
+                enabled = (base / "cgroup.subtree_control").read_text().split()
+                if "pids" not in enabled:
+                    (base / "cgroup.subtree_control").write_text("+pids")
+            probe = base / f"probe-{os.getpid()}"
+            probe.mkdir(exist_ok=True)
+            try:
+                (probe / "pids.max").write_text("8")
+            finally:
+                probe.rmdir()
+            return CgroupTree(base, version)
+        except OSError:
+            continue
+    return None
+
+
+# -- how a worker died, in one line ----------------------------------------------------------
+
+_SIGNAL_NOTES = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGABRT: "abort",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGFPE: "arithmetic error",
+}
+
+
+def describe_exit(
+    returncode: int | None,
+    *,
+    bwrap: bool,
+    limits: ReplLimits,
+    stderr_tail: str = "",
+) -> str:
+    """One line saying how the worker ended, from its exit status."""
+    sig: int | None = None
+    if returncode is not None and returncode < 0:
+        sig = -returncode
+    elif bwrap and returncode is not None and 128 < returncode < 128 + 65:
+        # bwrap reports a child killed by a signal as 128 + the signal number.
+        sig = returncode - 128
+    tail = stderr_tail.lower()
+    memory_hint = any(s in tail for s in ("memoryerror", "cannot allocate memory", "out of memory"))
+    if memory_hint:
+        limit = f" (limit {limits.memory_mb:,} MB beyond the context)" if limits.memory_mb else ""
+        return f"The REPL worker ran out of memory{limit} and stopped."
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig == signal.SIGXCPU:
+            return (
+                f"The REPL worker was stopped by {name}: it used more than its CPU time limit "
+                f"({limits.cpu_seconds:g} s per block)."
+                if limits.cpu_seconds
+                else f"The REPL worker was stopped by {name} (CPU time limit)."
+            )
+        if sig == signal.SIGXFSZ:
+            return (
+                f"The REPL worker was stopped by {name}: it wrote a file larger than the limit "
+                f"({limits.file_size_mb:,} MB)."
+            )
+        if sig == signal.SIGKILL:
+            limit = f" (limit {limits.memory_mb:,} MB)" if limits.memory_mb else ""
+            return (
+                f"The REPL worker was killed by SIGKILL from outside, most likely for using "
+                f"too much memory{limit}."
+            )
+        note = _SIGNAL_NOTES.get(signal.Signals(sig)) if sig in _SIGNAL_NOTES else None
+        return f"The REPL worker crashed with signal {name}{f' ({note})' if note else ''}."
+    if returncode is None:
+        return "The REPL worker stopped answering and was killed."
+    if returncode == EXIT_LOST_CONNECTION:
+        return (
+            "The REPL worker lost its connection to the host (did the code close its file "
+            "descriptors?), so it was replaced."
+        )
+    return (
+        f"The REPL worker exited with status {returncode} (os._exit(), or a crash in native code)."
+    )

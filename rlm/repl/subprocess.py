@@ -1,0 +1,763 @@
+"""`SubprocessRepl`: the model's code runs in a sandboxed worker process (the default REPL).
+
+One long-lived worker per run holds the namespace (`rlm.repl.worker`, reusing
+`rlm.repl.namespace`). The context goes to it once, at start: a small one inside the
+`load` message, a large one streamed through the pipe right after it, which the worker
+reads straight into the final object (a large `str` is filled in place, so the worker
+holds one copy and the host makes none). Sub-calls travel back over the pipes described
+in `rlm.repl.protocol` and run on the engine's event loop; a batched call is one message,
+gathered concurrently by the host.
+
+When a block runs past `ReplLimits.wall_seconds` it is interrupted (variables kept); if it
+does not stop, or the worker dies (memory, a segfault, `os._exit`), the result carries a
+one-line `error` and `restarted=True`, and a fresh worker with the context reloaded takes
+over. The host process is never at risk.
+
+Workers (`rlm.repl.workers`) start in a few tens of milliseconds; to take even that off a
+run, one spare worker per configuration is kept started in the background (`prestart`).
+How the context travels is in `rlm.repl.transfer`; isolation and limits in
+`rlm.repl.sandbox`, and their gaps in docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import itertools
+import json
+import logging
+import marshal
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from rlm.errors import ReplError
+from rlm.repl import workers
+from rlm.repl.base import ExecutionResult, LLMQueryError, ReplFactory, ReplHost, VariableLookup
+from rlm.repl.output import OutputBuffer
+from rlm.repl.protocol import BATCHED_FUNCTIONS, HEADER, MAX_FRAME, SUBCALL_FUNCTIONS
+from rlm.repl.sandbox import Isolation, ReplLimits, describe_exit
+from rlm.repl.transfer import INLINE_CHARS, ChunkWriter, TransferCancelled, context_plan
+from rlm.repl.workers import BwrapFailed, SpawnConfig, WorkerProcess
+
+__all__ = ["ReplLimits", "SubprocessRepl"]
+
+logger = logging.getLogger("rlm.repl")
+
+STDERR_TAIL = 4000
+# Sub-calls one worker may have in flight at once; past this they fail at once.
+MAX_CALLS_IN_FLIGHT = 4096
+
+
+# -- the host's end of one worker, attached to an event loop ---------------------------------
+
+
+class _WorkerGone(Exception):
+    """The worker ended, or broke the protocol, so it is being replaced."""
+
+    def __init__(self, reason: str = "", *, protocol: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.protocol = protocol
+
+
+_STR_OR_NONE = (str, type(None))
+
+
+def _check_message(message: object) -> dict[str, Any]:
+    """The worker is untrusted: every message is checked before it is used."""
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise _WorkerGone("a message that is not an object with an 'op'", protocol=True)
+    op = message["op"]
+
+    def need(name: str, types: type | tuple[type, ...]) -> None:
+        value = message.get(name)
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            raise _WorkerGone(f"a {op!r} message with a bad {name!r}", protocol=True)
+
+    if op == "done":
+        need("id", int)
+        for name in ("stdout", "stderr"):
+            need(name, str)
+        for name in ("stdout_chars", "stderr_chars"):
+            need(name, int)
+        need("error", _STR_OR_NONE)
+        need("final", _STR_OR_NONE)
+    elif op == "call":
+        need("id", int)
+        need("model", _STR_OR_NONE)
+        fn = message.get("fn")
+        if fn not in SUBCALL_FUNCTIONS:
+            raise _WorkerGone(f"a call to an unknown function {fn!r}", protocol=True)
+        if fn in BATCHED_FUNCTIONS:
+            need("prompts", list)
+            if not all(isinstance(p, str) for p in message["prompts"]):
+                raise _WorkerGone("a batched call with a prompt that is not text", protocol=True)
+        else:
+            need("prompt", str)
+    elif op == "lookup_result":
+        need("value", _STR_OR_NONE)
+        need("error", _STR_OR_NONE)
+    elif op == "load_failed":
+        need("error", str)
+    elif op not in ("spawned", "loaded"):
+        raise _WorkerGone(f"an unknown message {op!r}", protocol=True)
+    return message
+
+
+class _Connection:
+    """Frames in and out of one worker on the current event loop, and its fd 1/2 output."""
+
+    def __init__(self, process: WorkerProcess, host: ReplHost, output_chars: int) -> None:
+        self.process = process
+        self.host = host
+        self.loop = asyncio.get_running_loop()
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self._writing = False
+        self._streaming = False
+        self.gone: _WorkerGone | None = None
+        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.calls: set[asyncio.Task[None]] = set()
+        half = max(1, output_chars // 2)
+        self._half = half
+        self.fd_stdout = OutputBuffer(half, half)
+        self.fd_stderr = OutputBuffer(half, half)
+        self.stderr_tail = ""
+        self._decoders = {
+            process.stdout: codecs.getincrementaldecoder("utf-8")("replace"),
+            process.stderr: codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.attached = True
+        if process.preread:
+            self._inbox += process.preread
+            process.preread = b""
+            self.loop.call_soon(self._parse_inbox)
+        self.loop.add_reader(process.from_worker, self._on_readable)
+        self.loop.add_reader(process.stdout, self._on_output, process.stdout)
+        self.loop.add_reader(process.stderr, self._on_output, process.stderr)
+
+    # -- output on fd 1/2 (subprocesses, C code, threads without a capture) --
+
+    def _on_output(self, fd: int) -> None:
+        self._drain_output(fd, rounds=4)
+
+    def _drain_output(self, fd: int, rounds: int) -> None:
+        for _ in range(rounds):
+            try:
+                data = os.read(fd, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(ValueError, RuntimeError):
+                    self.loop.remove_reader(fd)
+                return
+            text = self._decoders[fd].decode(data)
+            if fd == self.process.stdout:
+                self.fd_stdout.write(text)
+            else:
+                self.fd_stderr.write(text)
+                self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL:]
+
+    def drain(self) -> None:
+        """Read what fd 1 and fd 2 hold right now (writes made before the last message)."""
+        if not self.process.fds_closed:
+            self._drain_output(self.process.stdout, rounds=64)
+            self._drain_output(self.process.stderr, rounds=64)
+
+    def take_fd_output(self) -> tuple[OutputBuffer, OutputBuffer]:
+        """What fd 1 and fd 2 carried since last time."""
+        self.drain()
+        out, err = self.fd_stdout, self.fd_stderr
+        self.fd_stdout = OutputBuffer(self._half, self._half)
+        self.fd_stderr = OutputBuffer(self._half, self._half)
+        return out, err
+
+    # -- frames from the worker --
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.process.from_worker, 1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._fail(_WorkerGone("the worker closed its connection"))
+            return
+        self._inbox += data
+        self._parse_inbox()
+
+    def _parse_inbox(self) -> None:
+        try:
+            while len(self._inbox) >= HEADER.size:
+                (size,) = HEADER.unpack_from(self._inbox)
+                if size > MAX_FRAME:
+                    raise _WorkerGone(f"a frame of {size:,} bytes", protocol=True)
+                if len(self._inbox) < HEADER.size + size:
+                    break
+                payload = self._inbox[HEADER.size : HEADER.size + size]
+                del self._inbox[: HEADER.size + size]
+                try:
+                    message = json.loads(payload.decode("utf-8", "surrogatepass"))
+                except ValueError:
+                    raise _WorkerGone("a frame that is not JSON", protocol=True) from None
+                self._dispatch(_check_message(message))
+        except _WorkerGone as gone:
+            self._fail(gone)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "call":
+            if len(self.calls) >= MAX_CALLS_IN_FLIGHT:
+                self.send(
+                    {
+                        "op": "reply",
+                        "id": message["id"],
+                        "ok": False,
+                        "error": f"more than {MAX_CALLS_IN_FLIGHT} sub-calls at once",
+                    }
+                )
+                return
+            task = self.loop.create_task(self._serve_call(message))
+            self.calls.add(task)
+            task.add_done_callback(self.calls.discard)
+            return
+        key = {"loaded": "load", "load_failed": "load", "done": "exec"}.get(op, op)
+        if op == "done":
+            key = f"exec:{message['id']}"
+        waiter = self.waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def _serve_call(self, message: dict[str, Any]) -> None:
+        fn, model = message["fn"], message["model"]
+        reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
+        try:
+            if fn == "llm_query":
+                value: Any = await self.host.llm_query(message["prompt"], model)
+            elif fn == "rlm_query":
+                value = await self.host.rlm_query(message["prompt"], model)
+            elif fn == "llm_query_batched":
+                value = await self.host.llm_query_batched(message["prompts"], model)
+            else:
+                value = await self.host.rlm_query_batched(message["prompts"], model)
+            reply.update(ok=True, value=value)
+        except LLMQueryError as exc:
+            reply.update(ok=False, error=str(exc))
+        except Exception as exc:
+            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        self.send(reply)
+
+    def _fail(self, gone: _WorkerGone) -> None:
+        if self.gone is None:
+            self.gone = gone
+        self.detach()
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_exception(self.gone)
+        self.waiters.clear()
+
+    # -- frames to the worker --
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.gone is not None or not self.attached:
+            return
+        payload = marshal.dumps(message, 4)
+        self._outbox += HEADER.pack(len(payload))
+        self._outbox += payload
+        if not self._writing and not self._streaming:
+            self._flush()
+
+    async def send_stream(
+        self, message: dict[str, Any], produce: Callable[[ChunkWriter], None]
+    ) -> None:
+        """Send `message`, then the stream `produce` writes, from a thread; other frames
+        wait until it is done."""
+        if self.gone is not None:
+            raise self.gone
+        frame = marshal.dumps(message, 4)
+        fd = self.process.to_worker
+        cancelled = threading.Event()
+
+        def run() -> None:
+            out = ChunkWriter(fd, cancelled)
+            try:
+                out.write_raw(HEADER.pack(len(frame)))
+                out.write_raw(frame)
+                try:
+                    produce(out)
+                finally:
+                    out.close()
+            except TransferCancelled as exc:
+                raise _WorkerGone(str(exc)) from None
+            except OSError as exc:
+                raise _WorkerGone("the worker stopped reading its pipe") from exc
+
+        self._streaming = True
+        try:
+            await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            self._streaming = False
+        if self._outbox:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._streaming:
+            return
+        try:
+            while self._outbox:
+                written = os.write(self.process.to_worker, self._outbox)
+                del self._outbox[:written]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._outbox.clear()
+            self._fail(_WorkerGone("the worker closed its connection"))
+            return
+        if self._outbox and not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.process.to_worker, self._on_writable)
+        elif not self._outbox and self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.process.to_worker)
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        if self.gone is not None:
+            future.set_exception(self.gone)
+        else:
+            self.waiters[key] = future
+        return future
+
+    def detach(self) -> None:
+        if not self.attached:
+            return
+        self.attached = False
+        for fd in (self.process.from_worker, self.process.stdout, self.process.stderr):
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                self.loop.remove_reader(fd)
+        if self._writing:
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
+                self.loop.remove_writer(self.process.to_worker)
+            self._writing = False
+
+    async def shutdown(self) -> None:
+        """Detach, cancel sub-calls in flight, and dispose of the process."""
+        for waiter in self.waiters.values():
+            waiter.cancel()
+        self.waiters.clear()
+        self.detach()
+        self.process.send_kill()
+        calls = list(self.calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.gather(*calls, return_exceptions=True)
+        workers.reaper.submit(self.process.dispose)
+
+
+# -- the REPL ---------------------------------------------------------------------------------
+
+
+class SubprocessRepl:
+    """The model's code in an isolated worker process (the default REPL).
+
+    Args:
+        limits: time, memory, CPU, output, process and file limits (`ReplLimits()`).
+        isolation: "auto" (bubblewrap when it works here, else a plain subprocess and a
+            one-time warning), "bwrap" (required; `ReplError` if unavailable) or "none"
+            (a plain subprocess with the same resource limits).
+        env: extra environment variables for the worker. Nothing else of the host's
+            environment reaches it except PATH, locale and TZ.
+        hide: more host folders to hide from the worker (bwrap only), on top of the
+            home folders, /run, /var/..., /mnt, /opt, /srv and the host's working folder.
+        prestart: keep one spare worker started in the background so the next run (and
+            any restart) does not wait for Python to start.
+
+    To configure the REPL of a run, pass a factory:
+    ``rlm.run(..., repl=SubprocessRepl.factory(limits=ReplLimits(memory_mb=4096)))``.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: ReplLimits | None = None,
+        isolation: Isolation = "auto",
+        env: Mapping[str, str] | None = None,
+        hide: Sequence[str] = (),
+        prestart: bool = True,
+    ) -> None:
+        if isolation not in ("auto", "bwrap", "none"):
+            raise ReplError(f"isolation must be 'auto', 'bwrap' or 'none', not {isolation!r}")
+        if limits is not None and not isinstance(limits, ReplLimits):
+            raise ReplError(f"limits must be a ReplLimits, not {type(limits).__name__}")
+        self.limits = limits or ReplLimits()
+        self._requested: Isolation = isolation
+        self._env = tuple(sorted((str(k), str(v)) for k, v in (env or {}).items()))
+        self._hide = tuple(str(p) for p in hide)
+        self._prestart = prestart
+        self._config: SpawnConfig | None = None
+        self._conn: _Connection | None = None
+        self._context: object = None
+        self._host: ReplHost | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._exec_ids = itertools.count(1)
+        self._closed = False
+        self._replenish_after_load = False
+        self.restarts = 0
+
+    @classmethod
+    def factory(
+        cls,
+        *,
+        limits: ReplLimits | None = None,
+        isolation: Isolation = "auto",
+        env: Mapping[str, str] | None = None,
+        hide: Sequence[str] = (),
+        prestart: bool = True,
+    ) -> ReplFactory:
+        """A `repl=` value for `rlm.run`/`RLM`: a new SubprocessRepl per run, so configured."""
+        if limits is not None and not isinstance(limits, ReplLimits):
+            raise ReplError(f"limits must be a ReplLimits, not {type(limits).__name__}")
+
+        def make() -> SubprocessRepl:
+            return cls(limits=limits, isolation=isolation, env=env, hide=hide, prestart=prestart)
+
+        return make
+
+    @property
+    def isolation(self) -> str | None:
+        """'bwrap' or 'none' once started (what "auto" resolved to)."""
+        return self._config.isolation if self._config else None
+
+    # -- lifecycle --
+
+    async def start(self, context: object, host: ReplHost) -> None:
+        if sys.platform == "win32":  # pragma: no cover
+            raise ReplError("SubprocessRepl needs a POSIX system; use repl='inprocess'")
+        self._context = context
+        self._host = host
+        self._lock = asyncio.Lock()
+        self._config = SpawnConfig(
+            isolation=workers.resolve_isolation(self._requested), env=self._env, hide=self._hide
+        )
+        await self._connect()
+
+    async def _connect(self) -> None:
+        """Take a worker and start loading the context into it (awaited by `_ready`)."""
+        assert self._config is not None and self._host is not None
+        try:
+            try:
+                process, spare = await workers.pool.acquire(self._config)
+            except BwrapFailed:
+                # bwrap does not work here after all: fall back (with the warning), or
+                # refuse if the sandbox was required.
+                isolation = workers.resolve_isolation(self._requested)
+                self._config = replace(self._config, isolation=isolation)
+                process, spare = await workers.pool.acquire(self._config)
+        except OSError as exc:
+            raise ReplError(f"could not start the REPL worker: {exc}") from exc
+        if self._closed:
+            await asyncio.to_thread(process.dispose)
+            raise ReplError("the REPL was closed while starting")
+        self._conn = _Connection(process, self._host, self.limits.output_chars)
+        # The next spare starts now if this worker was a ready one; after this one has
+        # loaded if it is still starting, so the two do not compete for the CPU.
+        self._replenish_after_load = not spare
+        if spare and self._prestart:
+            workers.pool.replenish(self._config)
+        if self.limits.max_processes is not None and process.tree and process.cgroup:
+            await asyncio.to_thread(process.tree.set_max, process.cgroup, self.limits.max_processes)
+        self._loading = asyncio.ensure_future(self._load(self._conn))
+
+    def _limits_message(self, process: WorkerProcess) -> dict[str, Any]:
+        limits = self.limits
+        # Processes: a pids cgroup when we have one; else RLIMIT_NPROC, which the kernel
+        # ignores for root (see docs/sandbox.md).
+        nproc: int | None = None
+        if limits.max_processes is not None and process.cgroup is None and os.geteuid() != 0:
+            nproc = limits.max_processes
+        return {
+            "memory_mb": limits.memory_mb,
+            "cpu_seconds": limits.cpu_seconds,
+            "file_size_mb": limits.file_size_mb,
+            "output_chars": limits.output_chars,
+            "nproc": nproc,
+            "nproc_shared": process.config.isolation != "bwrap",
+        }
+
+    async def _load(self, conn: _Connection) -> None:
+        process = conn.process
+        context = self._context
+        if isinstance(context, str) and len(context) > INLINE_CHARS:
+            # Finding a large str's kind reads all of it: not on the event loop.
+            spec, produce = await asyncio.to_thread(context_plan, context)
+        else:
+            spec, produce = context_plan(context)
+        message = {
+            "op": "load",
+            "sys_path": [p for p in sys.path if p and os.path.isabs(p)],
+            "limits": self._limits_message(process),
+            "max_frame": MAX_FRAME,
+            "context": spec,
+        }
+        loaded = conn.expect("load")
+        failure: Exception | None = None
+        if produce is None:
+            conn.send(message)
+        else:
+            try:
+                await conn.send_stream(message, produce)
+            except _WorkerGone:
+                pass  # the worker is gone; `loaded` says why
+            except Exception as exc:
+                failure = exc
+        del message, spec, produce
+        try:
+            reply = await loaded
+        except _WorkerGone as gone:
+            if failure is None:
+                detail = await self._exit_line(conn, gone)
+                said = conn.stderr_tail.strip()[-1000:]
+                raise ReplError(
+                    f"the REPL worker could not start: {detail}"
+                    + (f" It wrote: {said}" if said else "")
+                ) from None
+            reply = {"op": "load_failed"}
+        if failure is not None:
+            raise ReplError(
+                f"the context ({type(context).__name__}) cannot be sent to the REPL worker: "
+                f"{type(failure).__name__}: {failure}. Pass built-in types (str, bytes, list, "
+                "dict, ...) or classes importable from an installed package, or use "
+                "repl='inprocess'."
+            ) from failure
+        if reply["op"] == "loaded":
+            if self._prestart and self._replenish_after_load and self._config is not None:
+                workers.pool.replenish(self._config)
+            return
+        raise ReplError(
+            f"the REPL worker could not load the context: {reply['error']}. Pass "
+            "built-in types (str, bytes, list, dict, ...) or classes importable from an "
+            "installed package, or use repl='inprocess'."
+        )
+
+    async def _ready(self) -> _Connection:
+        if self._closed:
+            raise ReplError("the REPL is closed")
+        if self._conn is None or self._loading is None:
+            raise ReplError("SubprocessRepl used before start()")
+        await asyncio.shield(self._loading)
+        return self._conn
+
+    async def _exit_line(self, conn: _Connection, gone: _WorkerGone | None) -> str:
+        """Why the worker ended, in one line (waits briefly for it to exit)."""
+        process = conn.process
+        if gone is not None and gone.protocol:
+            await asyncio.to_thread(process.kill)
+            return (
+                f"The REPL worker sent {gone.reason} (did the code write to its pipes?), "
+                "so it was replaced."
+            )
+        killed_by_us = process.killed
+
+        def wait() -> int | None:
+            try:
+                return process.popen.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                return None
+
+        code = await asyncio.to_thread(wait)
+        if code is None:
+            await asyncio.to_thread(process.kill)
+            return "The REPL worker closed its connection to the host, so it was replaced."
+        conn.drain()
+        if killed_by_us:
+            return "The REPL worker was stopped."
+        return describe_exit(
+            code,
+            bwrap=process.config.isolation == "bwrap",
+            limits=self.limits,
+            stderr_tail=conn.stderr_tail,
+        )
+
+    async def _restart(self, old: _Connection) -> None:
+        self.restarts += 1
+        await old.shutdown()
+        await self._connect()
+        await self._ready()
+
+    # -- running code --
+
+    async def execute(self, code: str) -> ExecutionResult:
+        if self._lock is None:
+            raise ReplError("SubprocessRepl.execute() called before start()")
+        async with self._lock:
+            return await self._execute(code)
+
+    async def _execute(self, code: str) -> ExecutionResult:
+        conn = await self._ready()
+        if conn.gone is not None:
+            # It died between blocks (a background thread, the OOM killer...): replace it
+            # first, run the block on the new one, and say what happened.
+            line = await self._exit_line(conn, conn.gone)
+            await self._restart(conn)
+            result = await self._execute(code)
+            note = f"{line} (This happened before the block ran.)\n"
+            return replace(
+                result,
+                stderr=note + result.stderr,
+                stderr_chars=len(note) + result.stderr_chars,
+                restarted=True,
+            )
+        limits = self.limits
+        exec_id = next(self._exec_ids)
+        started = time.perf_counter()
+        done = conn.expect(f"exec:{exec_id}")
+        conn.stderr_tail = ""
+        conn.send({"op": "exec", "id": exec_id, "code": code})
+        interrupted = False
+        try:
+            await asyncio.wait({done}, timeout=limits.wall_seconds)
+            if not done.done():
+                interrupted = True
+                conn.send({"op": "interrupt", "id": exec_id})
+                await asyncio.wait({done}, timeout=limits.grace_seconds)
+        except asyncio.CancelledError:
+            # The run was cancelled (or hit its deadline): stop the block too, so the
+            # worker is free for what comes next (a last FINAL_VAR lookup, say).
+            conn.send({"op": "interrupt", "id": exec_id})
+            raise
+        if not done.done():
+            # It did not stop: kill it and start over.
+            await asyncio.to_thread(conn.process.kill)
+            fd_out, fd_err = conn.take_fd_output()
+            done.cancel()
+            line = (
+                f"The code block ran past its time limit ({limits.wall_seconds:g} s) and did "
+                "not stop when interrupted, so the REPL worker was killed."
+            )
+            return await self._after_death(conn, line, fd_out, fd_err, started)
+        try:
+            message = done.result()
+        except _WorkerGone as gone:
+            line = await self._exit_line(conn, gone)
+            fd_out, fd_err = conn.take_fd_output()
+            return await self._after_death(conn, line, fd_out, fd_err, started)
+        fd_out, fd_err = conn.take_fd_output()
+        error: str | None = message["error"]
+        if interrupted:
+            note = (
+                f"TimeoutError: the code block ran longer than the time limit "
+                f"({limits.wall_seconds:g} s) and was stopped; your variables are kept."
+            )
+            error = f"{note}\n{error}" if error else note
+        stdout, stdout_chars = _merge(message["stdout"], message["stdout_chars"], fd_out)
+        stderr, stderr_chars = _merge(message["stderr"], message["stderr_chars"], fd_err)
+        return ExecutionResult(
+            stdout=stdout,
+            stderr=stderr,
+            error=error,
+            duration_s=time.perf_counter() - started,
+            final=message["final"],
+            stdout_chars=stdout_chars,
+            stderr_chars=stderr_chars,
+        )
+
+    async def _after_death(
+        self,
+        conn: _Connection,
+        line: str,
+        fd_out: OutputBuffer,
+        fd_err: OutputBuffer,
+        started: float,
+    ) -> ExecutionResult:
+        logger.info("REPL worker replaced: %s", line)
+        await self._restart(conn)
+        return ExecutionResult(
+            stdout=fd_out.getvalue(),
+            stderr=fd_err.getvalue(),
+            error=line,
+            duration_s=time.perf_counter() - started,
+            stdout_chars=fd_out.total_chars,
+            stderr_chars=fd_err.total_chars,
+            restarted=True,
+        )
+
+    async def lookup_variable(self, name: str) -> VariableLookup:
+        if self._lock is None:
+            raise ReplError("SubprocessRepl.lookup_variable() called before start()")
+        async with self._lock:
+            conn = await self._ready()
+            found = conn.expect("lookup_result")
+            conn.send({"op": "lookup", "name": name})
+            await asyncio.wait({found}, timeout=self.limits.wall_seconds)
+            interrupted = False
+            if not found.done():
+                interrupted = True
+                conn.send({"op": "interrupt", "id": -1})
+                await asyncio.wait({found}, timeout=self.limits.grace_seconds)
+            if not found.done():
+                found.cancel()
+                await asyncio.to_thread(conn.process.kill)
+                await self._restart(conn)
+                return VariableLookup(
+                    value=None,
+                    error=(
+                        f"Reading variable {name!r} took longer than the time limit "
+                        f"({self.limits.wall_seconds:g} s); the REPL worker was restarted "
+                        "and every variable is gone."
+                    ),
+                )
+            try:
+                message = found.result()
+            except _WorkerGone as gone:
+                line = await self._exit_line(conn, gone)
+                await self._restart(conn)
+                return VariableLookup(
+                    value=None, error=f"{line} Every variable is gone; `context` is reloaded."
+                )
+            if interrupted and message["value"] is None:
+                return VariableLookup(
+                    value=None,
+                    error=(
+                        f"Reading variable {name!r} took longer than the time limit "
+                        f"({self.limits.wall_seconds:g} s) and was stopped."
+                    ),
+                )
+            return VariableLookup(value=message["value"], error=message["error"])
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._loading is not None:
+            if not self._loading.done():
+                self._loading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._loading  # also marks a failed load's error as seen
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.shutdown()
+        self._context = None
+
+
+def _merge(text: str, chars: int, extra: OutputBuffer) -> tuple[str, int]:
+    """The block's captured output, then what reached fd 1/2 directly."""
+    if not extra.total_chars:
+        return text, chars
+    more = extra.getvalue()
+    return text + more, chars + extra.total_chars

@@ -1,0 +1,581 @@
+"""The worker process behind `SubprocessRepl`: one persistent `Namespace`, driven over pipes.
+
+Started by `SubprocessRepl` as ``python -I -S -B -c BOOT RLM_DIR FD_IN FD_OUT``, where BOOT
+registers `rlm` and `rlm.repl` as bare packages and calls `main` (running this file as a
+script works too). It loads only `rlm.repl.namespace` and the small modules it needs,
+never the `rlm` package's `__init__`, so it starts in a few tens of milliseconds. This
+module imports only the standard library at the top. The protocol is described in
+`rlm.repl.protocol`.
+
+Threads: a reader thread owns the host -> worker pipe. It hands `load`/`exec`/`lookup` to
+the main thread, delivers `reply` messages to the sub-call waiting for them, and turns an
+`interrupt` into SIGINT for the main thread (a `KeyboardInterrupt` in the model's code).
+When the host goes away the pipe closes and the worker exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import marshal
+import os
+import queue
+import signal
+import sys
+import threading
+import types
+from typing import Any, BinaryIO
+
+CONTEXT_CHUNK = 1 << 22
+EXIT_LOST_CONNECTION = 86  # rlm.repl.protocol.EXIT_LOST_CONNECTION
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _LoadFailed(Exception):
+    pass
+
+
+class _State:
+    """What the worker's threads share."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self.reader: BinaryIO = open(fd_in, "rb", buffering=1 << 16)  # noqa: SIM115
+        self.fd_out = fd_out
+        self.write_lock = threading.Lock()
+        self.commands: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.pending: dict[int, _Slot] = {}
+        self.pending_lock = threading.Lock()
+        self.call_ids = itertools.count(1)
+        self.main_thread = threading.get_ident()
+        self.exec_lock = threading.Lock()
+        self.executing: int | None = None
+        self.forked = False
+        self.limits: dict[str, Any] = {}
+        self.max_frame = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.forked:
+            raise _TooLarge("this is a forked copy of the REPL worker; it cannot reach the host")
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass"
+        )
+        if len(data) > self.max_frame:
+            raise _TooLarge(f"{len(data):,} bytes")
+        header = len(data).to_bytes(4, "big")
+        with self.write_lock:
+            try:
+                _write_all(self.fd_out, header)
+                _write_all(self.fd_out, data)
+            except OSError:
+                # The pipe is gone (the code closed it, or the host died): nothing to do.
+                os._exit(EXIT_LOST_CONNECTION)
+
+
+class _Slot:
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.message: dict[str, Any] | None = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)
+    if data is None or len(data) < n:
+        return None
+    return data
+
+
+# -- the reader thread ---------------------------------------------------------------------
+
+
+def _reader(state: _State) -> None:
+    try:
+        while True:
+            header = _read_exact(state.reader, 4)
+            if header is None:
+                break
+            payload = _read_exact(state.reader, int.from_bytes(header, "big"))
+            if payload is None:
+                break
+            message = marshal.loads(payload)
+            op = message.get("op")
+            if op == "reply":
+                with state.pending_lock:
+                    slot = state.pending.pop(message["id"], None)
+                if slot is not None:
+                    slot.message = message
+                    slot.event.set()
+            elif op == "interrupt":
+                with state.exec_lock:
+                    if state.executing is not None and state.executing == message.get("id"):
+                        signal.pthread_kill(state.main_thread, signal.SIGINT)
+            elif op == "load":
+                # The context follows the message on this pipe; read it here, whole.
+                sys.path[:] = message["sys_path"]
+                spec = message.pop("context")
+                stream = _ChunkReader(state.reader)
+                try:
+                    message["value"] = _read_context(spec, stream)
+                except BaseException as exc:
+                    message["error"] = f"{type(exc).__name__}: {exc}"
+                if spec["how"] != "object":
+                    stream.drain()
+                del spec
+                state.commands.put(message)
+            else:
+                state.commands.put(message)
+    finally:
+        # The host is gone (or sent garbage): nothing left to do.
+        os._exit(0)
+
+
+# -- sub-calls -----------------------------------------------------------------------------
+
+
+def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
+    from rlm.repl.namespace import SubcallFunctions
+
+    def call(fn: str, payload: dict[str, Any]) -> Any:
+        if state.forked:
+            raise error_type(f"{fn}() is not available in a process forked from the REPL")
+        call_id = next(state.call_ids)
+        slot = _Slot()
+        with state.pending_lock:
+            state.pending[call_id] = slot
+        try:
+            try:
+                state.send({"op": "call", "id": call_id, "fn": fn, **payload})
+            except _TooLarge as exc:
+                raise error_type(
+                    f"{fn}(): the request is too large to send ({exc}); send smaller prompts"
+                ) from None
+            slot.event.wait()
+        finally:
+            with state.pending_lock:
+                state.pending.pop(call_id, None)
+        reply = slot.message
+        assert reply is not None
+        if reply.get("ok"):
+            return reply["value"]
+        raise error_type(str(reply.get("error")))
+
+    return SubcallFunctions(
+        llm_query=lambda p, m: call("llm_query", {"prompt": p, "model": m}),
+        llm_query_batched=lambda ps, m: call("llm_query_batched", {"prompts": ps, "model": m}),
+        rlm_query=lambda p, m: call("rlm_query", {"prompt": p, "model": m}),
+        rlm_query_batched=lambda ps, m: call("rlm_query_batched", {"prompts": ps, "model": m}),
+    )
+
+
+# -- loading the context -------------------------------------------------------------------
+
+_KIND_MAXCHAR = {"ascii": 0x7F, 1: 0xFF, 2: 0xFFFF, 4: 0x10FFFF}
+_KIND_WIDTH = {"ascii": 1, 1: 1, 2: 2, 4: 4}
+_NATIVE = "le" if sys.byteorder == "little" else "be"
+_KIND_CODEC = {"ascii": "latin-1", 1: "latin-1", 2: f"utf-16-{_NATIVE}", 4: f"utf-32-{_NATIVE}"}
+
+
+def _new_str_filler() -> Any:
+    """A function that builds a str of a given kind and fills it in place, or None.
+
+    Building the str directly from the file (CPython's `PyUnicode_New`, then reading
+    into its buffer) keeps a single copy of a large context in memory instead of the
+    bytes and the decoded text side by side. The layout is checked on samples first;
+    if anything differs (another Python), the caller decodes the ordinary way.
+    """
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        import ctypes
+
+        new = ctypes.pythonapi.PyUnicode_New
+        new.restype = ctypes.py_object
+        new.argtypes = [ctypes.c_ssize_t, ctypes.c_uint32]
+        offsets: dict[Any, int] = {}
+        samples = {"ascii": "abc", 1: "ab\xe9", 2: "a\u0100b", 4: "a\U00010000b"}
+        for kind, sample in samples.items():
+            width = _KIND_WIDTH[kind]
+            offset = sys.getsizeof(new(1, _KIND_MAXCHAR[kind])) - 2 * width
+            probe = new(len(sample), _KIND_MAXCHAR[kind])
+            data = sample.encode(_KIND_CODEC[kind], "surrogatepass")
+            ctypes.memmove(id(probe) + offset, data, len(data))
+            if probe != sample or hash(probe) != hash(sample):
+                return None
+            offsets[kind] = offset
+    except Exception:
+        return None
+
+    def fill(stream: Any, kind: Any, length: int) -> str:
+        text = new(length, _KIND_MAXCHAR[kind])
+        nbytes = length * _KIND_WIDTH[kind]
+        if nbytes:
+            buffer = (ctypes.c_char * nbytes).from_address(id(text) + offsets[kind])
+            view = memoryview(buffer).cast("B")
+            done = 0
+            while done < nbytes:
+                got = stream.readinto(view[done : done + CONTEXT_CHUNK])
+                if not got:
+                    raise EOFError(f"the context ended after {done:,} of {nbytes:,} bytes")
+                done += got
+            view.release()
+        return text  # type: ignore[no-any-return]
+
+    return fill
+
+
+class _ChunkReader:
+    """The context stream after a `load` message: chunks of `[u32 size][bytes]`, then a
+    zero size. File-like enough for `readinto`, `read`, `readline`, marshal and pickle."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._left = 0
+        self._ended = False
+
+    def _advance(self) -> bool:
+        while self._left == 0:
+            if self._ended:
+                return False
+            header = _read_exact(self._raw, 4)
+            if header is None:
+                raise EOFError("the host stopped sending the context")
+            self._left = int.from_bytes(header, "big")
+            if self._left == 0:
+                self._ended = True
+                return False
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not view or not self._advance():
+            return 0
+        got = self._raw.readinto(view[: min(len(view), self._left)])  # type: ignore[attr-defined]
+        if not got:
+            raise EOFError("the host stopped sending the context")
+        self._left -= got
+        return int(got)
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            parts = []
+            while self._advance():
+                parts.append(self.read(self._left))
+            return b"".join(parts)
+        out = bytearray(size)
+        view = memoryview(out)
+        done = 0
+        while done < size:
+            got = self.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        view.release()
+        del out[done:]
+        return bytes(out)
+
+    def readline(self) -> bytes:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = self.read(1)
+            if not byte:
+                break
+            line += byte
+        return bytes(line)
+
+    def chunk(self) -> bytes:
+        """The next whole chunk (the writer sent it as one)."""
+        if not self._advance():
+            raise EOFError("the context ended early")
+        return self.read(self._left)
+
+    def drain(self) -> None:
+        while self._advance():
+            self.read(min(self._left, 1 << 20))
+
+
+def _read_context(spec: dict[str, Any], stream: _ChunkReader) -> object:
+    how = spec["how"]
+    if how == "object":
+        value = spec["value"]
+        return bytearray(value) if spec.get("type") == "bytearray" else value
+    if how == "str":
+        kind, length = spec["kind"], spec["length"]
+        fill = _new_str_filler() if length >= 1 << 16 else None
+        if fill is not None:
+            return fill(stream, kind, length)
+        return stream.read().decode(_KIND_CODEC[kind], "surrogatepass")
+    if how == "utf8":
+        return stream.read().decode("utf-8", "surrogatepass")
+    if how == "bytes":
+        data = stream.read()
+        return bytearray(data) if spec["type"] == "bytearray" else data
+    if how == "pickle":
+        import pickle
+
+        return pickle.load(stream)
+    if how == "batches":
+        kind, count = spec["type"], spec["count"]
+        if kind == "dict":
+            mapping: dict[Any, Any] = {}
+            while len(mapping) < count:
+                mapping.update(_read_batch(stream))
+            return mapping
+        items: list[Any] = []
+        while len(items) < count:
+            items.extend(_read_batch(stream))
+        return tuple(items) if kind == "tuple" else items
+    raise ValueError(f"unknown context format {how!r}")
+
+
+def _read_batch(stream: _ChunkReader) -> Any:
+    data = stream.chunk()
+    if data[:1] == b"M":
+        return marshal.loads(memoryview(data)[1:])
+    if data[:1] == b"P":
+        import pickle
+
+        return pickle.loads(memoryview(data)[1:])
+    raise ValueError(f"the context stream is damaged (batch tag {data[:1]!r})")
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[0])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _set_limit(name: str, soft: int) -> None:
+    import resource
+
+    which = getattr(resource, name)
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(which, (soft, hard))
+
+
+def _apply_limits(limits: dict[str, Any]) -> None:
+    """Limits that hold for the worker's whole life (CPU time is set per block)."""
+    _set_limit("RLIMIT_CORE", 0)
+    if limits.get("file_size_mb") is not None:
+        _set_limit("RLIMIT_FSIZE", int(limits["file_size_mb"]) << 20)
+    if limits.get("nproc") is not None:
+        # RLIMIT_NPROC counts every task of the user in the user namespace: in bwrap's
+        # own namespace that is just this sandbox; on the plain-subprocess path it is all
+        # of the user's processes, so the allowance goes on top of what they run now.
+        base = _user_tasks() if limits.get("nproc_shared") else 0
+        _set_limit("RLIMIT_NPROC", base + int(limits["nproc"]))
+    if limits.get("memory_mb") is not None:
+        # On top of what the worker holds once the context is loaded.
+        _set_limit("RLIMIT_AS", _vm_size() + (int(limits["memory_mb"]) << 20))
+
+
+def _user_tasks() -> int:
+    """Processes and threads that belong to this user now."""
+    uid = os.getuid()
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry}/task"))
+        except OSError:
+            continue
+    return count
+
+
+def _set_cpu_budget(seconds: float | None) -> None:
+    if seconds is None:
+        return
+    import math
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    _set_limit("RLIMIT_CPU", math.ceil(used + seconds))
+
+
+# -- the main loop -------------------------------------------------------------------------
+
+
+def _serve(state: _State) -> None:
+    from rlm.repl.base import LLMQueryError
+    from rlm.repl.namespace import Namespace
+    from rlm.repl.output import OutputBuffer, cut_middle
+    from rlm.repl.protocol import MAX_ANSWER_CHARS
+
+    namespace: Namespace | None = None
+    limits = state.limits
+
+    # SIGINT (the host's interrupt at the time limit) raises KeyboardInterrupt only while
+    # a block runs; the handler is the C one, so no frame of ours shows in tracebacks.
+    # SIGXCPU keeps its default action: past the CPU limit the worker ends and is replaced.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def after_fork_in_child() -> None:
+        state.forked = True
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+    def capped(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return cut_middle(text, int(limits.get("output_chars", 2_000_000)))
+
+    def answer(value: str | None) -> tuple[str | None, str | None]:
+        if value is not None and len(value) > MAX_ANSWER_CHARS:
+            return None, (
+                f"the answer is {len(value):,} characters, more than the REPL can hand back "
+                f"({MAX_ANSWER_CHARS:,}); give a shorter answer"
+            )
+        return value, None
+
+    state.max_frame = 1 << 20
+    state.send({"op": "spawned"})
+    while True:
+        try:
+            message = state.commands.get()
+        except KeyboardInterrupt:
+            continue
+        op = message["op"]
+        if op == "load":
+            try:
+                if "error" in message:
+                    raise _LoadFailed(message["error"])
+                limits.update(message["limits"])
+                state.max_frame = int(message["max_frame"])
+                namespace = Namespace(message.pop("value"), _make_subcalls(state, LLMQueryError))
+                del message
+                _apply_limits(limits)
+            except _LoadFailed as exc:
+                state.send({"op": "load_failed", "error": str(exc)})
+                continue
+            except BaseException as exc:
+                state.send({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            state.send({"op": "loaded"})
+        elif op == "exec" and namespace is not None:
+            half = max(1, int(limits.get("output_chars", 2_000_000)) // 2)
+            stdout, stderr = OutputBuffer(half, half), OutputBuffer(half, half)
+            error: str | None
+            final: str | None = None
+            try:
+                with state.exec_lock:
+                    state.executing = message["id"]
+                _set_cpu_budget(limits.get("cpu_seconds"))
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                outcome = namespace.run(message["code"], stdout, stderr)
+                error, final = outcome.error, outcome.final
+            except BaseException as exc:  # a signal that landed outside the block's frames
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                _quiet_sigint(state)
+            if state.forked:
+                os._exit(0)
+            if error and error.rstrip().endswith("MemoryError") and limits.get("memory_mb"):
+                error += (
+                    f"\n(The REPL's memory limit is {limits['memory_mb']:,} MB on top of the "
+                    "context; free memory with `del` or work on smaller pieces.)"
+                )
+            final, final_error = answer(final)
+            if final_error:
+                error = f"{error}\n{final_error}" if error else final_error
+            reply = {
+                "op": "done",
+                "id": message["id"],
+                "stdout": stdout.getvalue(),
+                "stderr": stderr.getvalue(),
+                "stdout_chars": stdout.total_chars,
+                "stderr_chars": stderr.total_chars,
+                "error": capped(error),
+                "final": final,
+            }
+            try:
+                state.send(reply)
+            except _TooLarge as exc:
+                state.send({**reply, "stdout": "", "stderr": "", "final": None, "error": str(exc)})
+        elif op == "lookup" and namespace is not None:
+            try:
+                with state.exec_lock:
+                    state.executing = -1
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                found = namespace.lookup(message["name"])
+                value, error = answer(found.value)
+                error = error or found.error
+            except BaseException as exc:
+                value, error = None, f"{type(exc).__name__}: {exc}"
+            finally:
+                _quiet_sigint(state)
+            state.send({"op": "lookup_result", "value": value, "error": capped(error)})
+        elif op == "exec":
+            note = "the REPL has no context loaded"
+            state.send(
+                {
+                    "op": "done",
+                    "id": message["id"],
+                    "stdout": "",
+                    "stderr": "",
+                    "stdout_chars": 0,
+                    "stderr_chars": 0,
+                    "error": note,
+                    "final": None,
+                }
+            )
+        elif op == "lookup":
+            state.send({"op": "lookup_result", "value": None, "error": "no context loaded"})
+        elif op == "exit":
+            os._exit(0)
+
+
+def _quiet_sigint(state: _State) -> None:
+    """Stop turning SIGINT into KeyboardInterrupt (a late one is then dropped)."""
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            with state.exec_lock:
+                state.executing = None
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _install_packages(rlm_dir: str) -> None:
+    """Make `rlm.repl.*` importable without running the `rlm` package's `__init__`."""
+    for name, path in (("rlm", rlm_dir), ("rlm.repl", os.path.join(rlm_dir, "repl"))):
+        if name in sys.modules:
+            continue
+        module = types.ModuleType(name)
+        module.__path__ = [path]
+        sys.modules[name] = module
+
+
+def main(argv: list[str]) -> None:
+    rlm_dir, fd_in, fd_out = argv[0], int(argv[1]), int(argv[2])
+    _install_packages(rlm_dir)
+    state = _State(fd_in, fd_out)
+    threading.Thread(target=_reader, args=(state,), name="rlm-worker-reader", daemon=True).start()
+    _serve(state)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,498 @@
+"""Worker processes for `SubprocessRepl`: starting them, one spare, killing and cleanup.
+
+Nothing here knows an event loop: a worker is a process and the host's raw pipe ends, so
+a spare started for one run can serve the next run on another loop or thread.
+
+- Every worker is started on one long-lived "spawner" thread (bwrap's --die-with-parent
+  is tied to the thread that started it), as ``python -I -S -B -c WORKER_BOOT``, inside
+  bwrap (see `rlm.repl.sandbox`) or not, in a pids cgroup when one can be made.
+- `Pool` keeps at most one started, idle worker per configuration.
+- Killed workers are reaped, and their scratch folders and cgroups removed, on a
+  "reaper" thread, so closing a REPL never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import marshal
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rlm.errors import ReplError
+from rlm.repl.sandbox import (
+    SANDBOX_SCRATCH,
+    CgroupTree,
+    Isolation,
+    bwrap_command,
+    bwrap_status,
+    cgroup_tree,
+    pid_alive,
+    record_bwrap,
+    worker_env,
+)
+
+logger = logging.getLogger("rlm.repl")
+
+T = TypeVar("T")
+
+RLM_DIR = str(Path(__file__).resolve().parent.parent)
+# How the worker starts: `rlm` and `rlm.repl` as bare packages (their __init__ would import
+# the whole library), then the worker's own modules from code the host compiled once and
+# sends on stdin (so no worker compiles them again, even where no .pyc can be written),
+# else by a normal import.
+WORKER_BOOT = (
+    "import marshal, sys, types\n"
+    "for name, path in (('rlm', sys.argv[1]), ('rlm.repl', sys.argv[1] + '/repl')):\n"
+    "    sys.modules[name] = module = types.ModuleType(name)\n"
+    "    module.__path__ = [path]\n"
+    "blob = sys.stdin.buffer.read()\n"
+    "for name, path, code in (marshal.loads(blob) if blob else ()):\n"
+    "    sys.modules[name] = module = types.ModuleType(name)\n"
+    "    module.__file__ = path\n"
+    "    exec(code, module.__dict__)\n"
+    "del blob\n"
+    "from rlm.repl.worker import main\n"
+    "main(sys.argv[1:])\n"
+)
+# The worker's modules, in import order.
+WORKER_MODULES = ("protocol", "base", "output", "namespace", "worker")
+
+
+# -- the spawner thread ---------------------------------------------------------------------------
+
+
+class _Spawner:
+    """One long-lived thread running jobs in order: starting workers, or reaping them.
+
+    Workers are started only here: bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires when
+    the *thread* that started it ends, so they must not come from short-lived threads.
+    """
+
+    def __init__(self, name: str = "rlm-repl-spawner") -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+        self._jobs.put((fn, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+# -- a worker process, independent of any event loop ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnConfig:
+    """What a worker is started with; spares are kept per configuration."""
+
+    isolation: str  # "bwrap" or "none", resolved
+    env: tuple[tuple[str, str], ...] = ()
+    hide: tuple[str, ...] = ()
+
+
+_cgroup_names = itertools.count(1)
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """A started worker: its process and the host's ends of its pipes."""
+
+    popen: subprocess.Popen[bytes]
+    config: SpawnConfig
+    to_worker: int
+    from_worker: int
+    stdout: int
+    stderr: int
+    scratch: str
+    cgroup: Path | None
+    tree: CgroupTree | None
+    preread: bytes = b""
+    killed: bool = False
+    disposed: bool = False
+    fds_closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def alive(self) -> bool:
+        return not self.killed and self.popen.poll() is None
+
+    def send_kill(self) -> None:
+        """SIGKILL the worker and what it started, without waiting (safe on the loop)."""
+        self.killed = True
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                if self.config.isolation == "none":
+                    # Its process group: the worker and the children it did not detach.
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                else:
+                    # bwrap: the sandbox's PID namespace dies with it.
+                    self.popen.kill()
+        if self.tree is not None and self.cgroup is not None:
+            for pid in self.tree.procs(self.cgroup):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """Kill the worker and everything it started, and reap it (blocking)."""
+        with self.lock:
+            self.send_kill()
+            if self.config.isolation == "none":
+                with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+            if self.tree is not None and self.cgroup is not None:
+                self.tree.kill_all(self.cgroup)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=10)
+
+    def dispose(self) -> None:
+        """Kill, then free the pipes, the scratch folder and the cgroup (blocking)."""
+        with self.lock:
+            if self.disposed:
+                return
+            self.disposed = True
+        self.kill()
+        self.close_fds()
+        if self.tree is not None and self.cgroup is not None:
+            self.tree.remove(self.cgroup)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        _live.discard(self)
+
+    def close_fds(self) -> None:
+        with self.lock:
+            if self.fds_closed:
+                return
+            self.fds_closed = True
+            for fd in (self.to_worker, self.from_worker, self.stdout, self.stderr):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+_live: set[WorkerProcess] = set()
+
+
+_stale_checked = False
+_code_blob: bytes | None = None
+
+
+def _worker_code() -> bytes:
+    """The worker's modules, compiled once per host process (marshal data, or b"")."""
+    global _code_blob
+    if _code_blob is None:
+        try:
+            here = Path(__file__).resolve().parent
+            modules = []
+            for name in WORKER_MODULES:
+                path = str(here / f"{name}.py")
+                with open(path, encoding="utf-8") as f:
+                    code = compile(f.read(), path, "exec", dont_inherit=True)
+                modules.append((f"rlm.repl.{name}", path, code))
+            _code_blob = marshal.dumps(tuple(modules))
+        except (OSError, SyntaxError, ValueError):
+            _code_blob = b""
+    return _code_blob
+
+
+def _clean_stale_scratch() -> None:
+    """Once per process: delete scratch folders of hosts that died without cleaning up."""
+    global _stale_checked
+    if _stale_checked:
+        return
+    _stale_checked = True
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            parts = name.split("-")
+            ours = len(parts) == 4 and name.startswith("rlm-repl-") and parts[2].isdigit()
+            if ours and not pid_alive(int(parts[2])):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def spawn(config: SpawnConfig) -> WorkerProcess:
+    """Start a worker (blocking; runs on the spawner thread)."""
+    _clean_stale_scratch()
+    scratch = tempfile.mkdtemp(prefix=f"rlm-repl-{os.getpid()}-")
+    os.chmod(scratch, 0o700)
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    code_r, code_w = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):
+        import fcntl
+
+        fcntl.fcntl(from_w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(to_w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(code_w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        "-B",
+        "-X",
+        "utf8",
+        "-c",
+        WORKER_BOOT,
+        RLM_DIR,
+        str(to_r),
+        str(from_w),
+    ]
+    env_extra = dict(config.env)
+    if config.isolation == "bwrap":
+        cmd = bwrap_command(scratch, RLM_DIR, argv, config.hide)
+        env = worker_env(SANDBOX_SCRATCH, env_extra)
+        cwd = "/"
+    else:
+        cmd = argv
+        env = worker_env(scratch, env_extra)
+        cwd = scratch
+    tree = cgroup_tree()
+    group: Path | None = None
+    if tree is not None:
+        try:
+            group = tree.create(f"w-{os.getpid()}-{next(_cgroup_names)}")
+            cmd = [
+                "/bin/sh",
+                "-c",
+                'echo $$ > "$0" && exec "$@"',
+                str(group / "cgroup.procs"),
+                *cmd,
+            ]
+        except OSError:
+            group = None
+    try:
+        popen = subprocess.Popen(
+            cmd,
+            stdin=code_r,
+            stdout=out_w,
+            stderr=err_w,
+            pass_fds=(to_r, from_w),
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in (to_r, to_w, from_r, from_w, out_r, out_w, err_r, err_w, code_r, code_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tree is not None and group is not None:
+            tree.remove(group)
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    for fd in (to_r, from_w, out_w, err_w, code_r):
+        os.close(fd)
+    # The worker's code on its stdin, then end of file (what the model's code reads too).
+    with contextlib.suppress(OSError):
+        view = memoryview(_worker_code())
+        while view:
+            view = view[os.write(code_w, view) :]
+    os.close(code_w)
+    for fd in (to_w, from_r, out_r, err_r):
+        os.set_blocking(fd, False)
+    process = WorkerProcess(
+        popen=popen,
+        config=config,
+        to_worker=to_w,
+        from_worker=from_r,
+        stdout=out_r,
+        stderr=err_r,
+        scratch=scratch,
+        cgroup=group,
+        tree=tree,
+    )
+    _live.add(process)
+    if config.isolation == "bwrap" and bwrap_status()[0] is None:
+        _verify_first_sandbox(process)
+    return process
+
+
+class BwrapFailed(Exception):
+    """The first sandboxed worker could not start: bwrap does not work here."""
+
+
+def _verify_first_sandbox(process: WorkerProcess) -> None:
+    """Wait for the first sandboxed worker's first message: that is the check that bwrap
+    works here (no separate probe). Keeps what was read for the connection."""
+    deadline = time.monotonic() + 30
+    while True:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([process.from_worker], [], [], max(0.0, left))
+        if not ready:
+            problem = "the sandbox did not start within 30 s"
+            break
+        try:
+            data = os.read(process.from_worker, 1 << 16)
+        except (BlockingIOError, InterruptedError):
+            continue
+        if data:
+            process.preread = data
+            record_bwrap(True)
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.popen.wait(timeout=5)
+        try:
+            said = os.read(process.stderr, 1 << 16).decode(errors="replace").strip()
+        except OSError:
+            said = ""
+        problem = said[-300:] or f"exit status {process.popen.returncode}"
+        break
+    process.dispose()
+    record_bwrap(False, problem)
+    raise BwrapFailed(problem)
+
+
+# -- the pool of spare workers ------------------------------------------------------------------
+
+
+class Pool:
+    """At most one idle, already-started worker per configuration."""
+
+    def __init__(self) -> None:
+        self.spawner = _Spawner()
+        self._idle: dict[SpawnConfig, WorkerProcess] = {}
+        self._pending: dict[SpawnConfig, concurrent.futures.Future[None]] = {}
+        self._lock = threading.Lock()
+
+    async def acquire(self, config: SpawnConfig) -> tuple[WorkerProcess, bool]:
+        """A worker for `config`, and whether it was a spare (already started)."""
+        process: WorkerProcess | None = None
+        spare = True
+        while process is None:
+            with self._lock:
+                process = self._idle.pop(config, None)
+                pending = self._pending.get(config)
+            if process is not None and not process.alive():
+                reaper.submit(process.dispose)
+                process = None
+                continue
+            if process is None and pending is not None:
+                # A spare is being started: it is further along than a new one would be.
+                await asyncio.wrap_future(pending)
+                with self._lock:
+                    process = self._idle.pop(config, None)
+            if process is None:
+                spare = False
+                process = await asyncio.wrap_future(self.spawner.submit(lambda: spawn(config)))
+        return process, spare
+
+    def replenish(self, config: SpawnConfig) -> None:
+        """Start a spare worker for `config` in the background, unless one exists."""
+        with self._lock:
+            if config in self._idle or config in self._pending:
+                return
+
+            def spawn_spare() -> None:
+                try:
+                    spare = spawn(config)
+                except Exception:
+                    logger.debug("could not start a spare REPL worker", exc_info=True)
+                    with self._lock:
+                        self._pending.pop(config, None)
+                    return
+                with self._lock:
+                    self._pending.pop(config, None)
+                    if config not in self._idle:
+                        self._idle[config] = spare
+                        return
+                spare.dispose()
+
+            self._pending[config] = self.spawner.submit(spawn_spare)
+
+    def drain(self) -> None:
+        with self._lock:
+            idle = list(self._idle.values())
+            self._idle.clear()
+        for process in idle:
+            process.dispose()
+
+
+pool = Pool()
+# Reaps killed workers and deletes their scratch folders off the event loop, so closing a
+# REPL does not wait for it.
+reaper = _Spawner("rlm-repl-reaper")
+
+
+def _shutdown() -> None:
+    pool.drain()
+    for process in list(_live):
+        with contextlib.suppress(Exception):
+            process.dispose()
+
+
+def _forget_after_fork() -> None:
+    # A forked copy of the host must not use (or kill) the parent's workers.
+    global pool, reaper
+    pool = Pool()
+    reaper = _Spawner("rlm-repl-reaper")
+    _live.clear()
+
+
+atexit.register(_shutdown)
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# -- isolation --------------------------------------------------------------------------------
+
+_warned = False
+_warn_lock = threading.Lock()
+
+
+def resolve_isolation(requested: Isolation) -> str:
+    """'bwrap' or 'none'. bwrap is assumed to work until a first worker shows it does not."""
+    global _warned
+    if requested == "none":
+        return "none"
+    ok, problem = bwrap_status()
+    if ok is not False:
+        return "bwrap"
+    if requested == "bwrap":
+        raise ReplError(
+            f"SubprocessRepl(isolation='bwrap'): bubblewrap cannot run here ({problem}). "
+            "Install it (Debian/Ubuntu: apt-get install bubblewrap) and allow user "
+            "namespaces, or use isolation='auto' to fall back to a plain subprocess."
+        )
+    with _warn_lock:
+        if not _warned:
+            _warned = True
+            message = (
+                f"rlm: bubblewrap is not available ({problem}); the REPL worker runs as a "
+                "plain subprocess with resource limits but WITHOUT filesystem or network "
+                "isolation. Install the 'bubblewrap' package for the full sandbox "
+                "(see docs/sandbox.md)."
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            logger.warning(message)
+    return "none"
