@@ -296,6 +296,10 @@ def bwrap_command(
             continue
         if path not in core and any(_is_within(m, path) for m in covered):
             continue
+        # A checkout under /tmp: its root (on sys.path) would land in the scratch
+        # folder. Only the runtime itself is shown there, never the rest of the project.
+        if path not in core and _is_within(path, SANDBOX_SCRATCH):
+            continue
         shown.append(path)
     shown = [p for p in shown if not any(p != q and _is_within(p, q) for q in shown)]
     args = _base_bwrap_args(bwrap)
