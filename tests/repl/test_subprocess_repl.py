@@ -270,8 +270,8 @@ async def test_scratch_is_the_working_directory_and_home(isolation: str) -> None
     # When the runtime itself lives under /tmp (a checkout there), its folder is mounted
     # read-only inside the scratch folder; nothing else is there.
     runtime = {
-        os.path.relpath(p, "/tmp").split(os.sep)[0]
-        for p in (sys.prefix, os.path.dirname(rlm.__file__))
+        p.removeprefix("/tmp/").split("/")[0]
+        for p in (sys.prefix, str(Path(rlm.__file__).parent))
         if isolation == "bwrap" and p.startswith("/tmp/")
     }
     assert result.stdout == f"True {sorted({'note.txt', *runtime})}\n"
