@@ -335,8 +335,14 @@ def test_host_printing_during_a_subcall_stays_out_of_the_models_output(
             print("HOST-SIDE LOG LINE")
 
     model = ScriptedModel([code("print(llm_query('x'))"), "FINAL(1)"])
-    rlm.run("q", "c", model=model, sub_model=FunctionModel(lambda r: "sub-answer"),
-            repl="inprocess", on_event=noisy_subscriber)
+    rlm.run(
+        "q",
+        "c",
+        model=model,
+        sub_model=FunctionModel(lambda r: "sub-answer"),
+        repl="inprocess",
+        on_event=noisy_subscriber,
+    )
     feedback = last_user_message(model.calls[1])
     assert "sub-answer" in feedback and "HOST-SIDE" not in feedback
     assert "HOST-SIDE LOG LINE" in capsys.readouterr().out
