@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -239,6 +239,7 @@ class RunRecord:
     final_request: ModelCallRecord | None = None
     final_answer: str | None = None
     final_source: str | None = None
+    final_iteration: int | None = None
     result: RLMResult | None = None
     error_type: str | None = None
     error: str | None = None
@@ -445,7 +446,24 @@ class _Builder:
             return
         run = self.runs.get(event.run_id)
         if run is None:
-            return  # events of a run whose start is not in the file
+            # Events of a run whose start is not in the file (a cut trajectory): keep
+            # them under a stub run rather than dropping them.
+            self.start_run(
+                RunStarted(
+                    run_id=event.run_id,
+                    parent_run_id=event.parent_run_id,
+                    depth=event.depth,
+                    timestamp=event.timestamp,
+                    query="(start of this run not recorded)",
+                    model="?",
+                    sub_model="?",
+                    max_iterations=0,
+                    max_depth=0,
+                    context_type="?",
+                    context_chars=0,
+                )
+            )
+            run = self.runs[event.run_id]
         run.events.append(event)
         if isinstance(event, IterationStarted):
             self.iteration(run, event.iteration, event.timestamp)
@@ -482,6 +500,7 @@ class _Builder:
         elif isinstance(event, FinalAnswer):
             run.final_answer = event.answer
             run.final_source = event.source
+            run.final_iteration = event.iteration
             if event.source != "forced":
                 self.iteration(run, event.iteration, event.timestamp).final_answer = event.answer
         elif isinstance(event, RunFinished):
@@ -593,6 +612,14 @@ class _Builder:
             run.stray_subcalls.append(sub)
 
 
+def build_runs(events: Iterable[Event]) -> tuple[list[RunRecord], dict[str, RunRecord]]:
+    """Fold events, in order, into run trees: (root runs, every run by id)."""
+    builder = _Builder()
+    for event in events:
+        builder.add(event)
+    return builder.roots, builder.runs
+
+
 def load_trajectory(path: str | os.PathLike[str]) -> Trajectory:
     """Read a trajectory file and rebuild its runs.
 
@@ -601,13 +628,5 @@ def load_trajectory(path: str | os.PathLike[str]) -> Trajectory:
     in the middle of have `status == "incomplete"`.
     """
     events, truncated = read_events(path)
-    builder = _Builder()
-    for event in events:
-        builder.add(event)
-    return Trajectory(
-        path=Path(path),
-        events=events,
-        runs=builder.roots,
-        by_id=builder.runs,
-        truncated=truncated,
-    )
+    roots, by_id = build_runs(events)
+    return Trajectory(path=Path(path), events=events, runs=roots, by_id=by_id, truncated=truncated)

@@ -17,9 +17,11 @@ subcall    {id, model, recursive, prompt, prompt_chars, batch_index, batch_size,
             tokens_in, tokens_out, cost}
 ```
 
-Sub-calls hang under the code block that made them (`SubcallStarted.exec_id`), child runs
-under the sub-call that started them (`RunStarted.parent_subcall_id`). `cost` is None
-when any model involved has no known price.
+The tree is `rlm.telemetry.trajectory.build_runs` (the one place events are folded into
+runs) rendered as dicts for the page. Sub-calls hang under the code block that made them
+(`SubcallStarted.exec_id`), child runs under the sub-call that started them
+(`RunStarted.parent_subcall_id`). `cost` is None when any model involved has no known
+price.
 """
 
 from __future__ import annotations
@@ -27,293 +29,164 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from rlm.events import (
-    CodeExecuted,
-    CodeStarted,
-    Event,
-    FinalAnswer,
-    IterationStarted,
-    ModelCallFinished,
-    ModelCallStarted,
-    ModelRetry,
-    RunFailed,
-    RunFinished,
-    RunStarted,
-    SubcallFinished,
-    SubcallStarted,
+from rlm.events import Event, IterationStarted, RunFailed, RunFinished
+from rlm.telemetry.trajectory import (
+    CodeRecord,
+    ModelCallRecord,
+    RunRecord,
+    SubcallRecord,
+    build_runs,
 )
 
 Node = dict[str, Any]
 
+_STATUS = {"finished": "finished", "failed": "failed", "incomplete": "running"}
 
-def _run_node(event: RunStarted) -> Node:
+
+def _call_node(call: ModelCallRecord, shown_prompt: str | None = None) -> Node:
     return {
-        "id": event.run_id,
-        "depth": event.depth,
-        "query": event.query,
-        "model": event.model,
-        "sub_model": event.sub_model,
-        "provider": event.provider,
-        "context_type": event.context_type,
-        "context_chars": event.context_chars,
-        "max_iterations": event.max_iterations,
-        "max_depth": event.max_depth,
-        "started": event.timestamp,
-        "ended": event.timestamp,
-        "status": "running",
-        "result": None,
-        "error": None,
-        "final": None,
-        "iterations": [],
-        "orphans": [],
+        "id": call.call_id,
+        "model": call.model,
+        "purpose": call.purpose,
+        "prompt_chars": call.prompt_chars,
+        "message_count": call.message_count,
+        # A sub-call's prompt is already shown on the sub-call.
+        "last_message": "" if call.last_message == shown_prompt else call.last_message,
+        "text": call.text,
+        "text_chars": call.text_chars,
+        "finish_reason": call.finish_reason,
+        "error": f"{call.error_type}: {call.error}" if call.error_type else None,
+        "latency_s": call.latency_s,
+        "tokens_in": call.usage.input_tokens,
+        "tokens_out": call.usage.output_tokens,
+        "cost": call.cost_usd if call.finished else 0.0,
+        "retries": [
+            {"attempt": r.attempt, "wait_s": r.wait_s, "error": f"{r.error_type}: {r.error}"}
+            for r in call.retries
+        ],
+        "done": call.finished,
+    }
+
+
+def _subcall_node(sub: SubcallRecord, mapped: set[str]) -> Node:
+    node: Node = {
+        "id": sub.subcall_id,
+        "model": sub.model,
+        "recursive": sub.recursive,
+        "prompt": sub.prompt,
+        "prompt_chars": sub.prompt_chars,
+        "batch_index": sub.batch_index,
+        "batch_size": sub.batch_size,
+        "ok": sub.ok,
+        "response": sub.response,
+        "response_chars": sub.response_chars,
+        "error": sub.error,
+        "duration_s": sub.duration_s,
+        "call": _call_node(sub.model_calls[-1], sub.prompt) if sub.model_calls else None,
+        "child": _run_node(sub.child, mapped) if sub.child is not None else None,
         "tokens_in": 0,
         "tokens_out": 0,
         "cost": 0.0,
     }
+    _totals(node, [p for p in (node["call"], node["child"]) if p is not None])
+    return node
 
 
-def _iteration_node(index: int, timestamp: float) -> Node:
-    return {
-        "index": index,
-        "started": timestamp,
-        "ended": timestamp,
-        "calls": [],
-        "blocks": [],
-        "final": None,
+def _block_node(code: CodeRecord, mapped: set[str]) -> Node:
+    node: Node = {
+        "id": code.exec_id,
+        "index": code.index,
+        "code": code.code,
+        "stdout": code.stdout,
+        "stderr": code.stderr,
+        "error": code.error,
+        "duration_s": code.duration_s,
+        "restarted": code.restarted,
+        "done": code.finished,
+        "subcalls": [_subcall_node(s, mapped) for s in code.subcalls],
         "tokens_in": 0,
         "tokens_out": 0,
         "cost": 0.0,
     }
+    _totals(node, node["subcalls"])
+    return node
 
 
-def _call_node(event: ModelCallStarted) -> Node:
-    return {
-        "id": event.call_id,
-        "model": event.model,
-        "purpose": event.purpose,
-        "prompt_chars": event.prompt_chars,
-        "message_count": event.message_count,
-        "last_message": event.last_message,
-        "text": "",
-        "text_chars": 0,
-        "finish_reason": None,
-        "error": None,
-        "latency_s": None,
-        "tokens_in": 0,
-        "tokens_out": 0,
-        "cost": 0.0,
-        "retries": [],
-        "done": False,
-    }
-
-
-def _block_node(event: CodeStarted) -> Node:
-    return {
-        "id": event.exec_id,
-        "index": event.index,
-        "code": event.code,
-        "stdout": "",
-        "stderr": "",
-        "error": None,
-        "duration_s": None,
-        "restarted": False,
-        "done": False,
-        "subcalls": [],
-        "tokens_in": 0,
-        "tokens_out": 0,
-        "cost": 0.0,
-    }
-
-
-def _subcall_node(event: SubcallStarted) -> Node:
-    return {
-        "id": event.subcall_id,
-        "model": event.model,
-        "recursive": event.recursive,
-        "prompt": event.prompt,
-        "prompt_chars": event.prompt_chars,
-        "batch_index": event.batch_index,
-        "batch_size": event.batch_size,
-        "ok": None,
-        "response": "",
-        "response_chars": 0,
-        "error": None,
-        "duration_s": None,
-        "call": None,
-        "child": None,
-        "tokens_in": 0,
-        "tokens_out": 0,
-        "cost": 0.0,
-    }
-
-
-class _Builder:
-    def __init__(self) -> None:
-        self.roots: list[Node] = []
-        self.runs: dict[str, Node] = {}
-        self.current_iteration: dict[str, Node] = {}
-        self.iterations: dict[tuple[str, int], Node] = {}
-        self.blocks: dict[str, Node] = {}
-        self.subcalls: dict[str, Node] = {}
-        self.calls: dict[str, Node] = {}
-
-    def run_for(self, event: Event) -> Node:
-        run = self.runs.get(event.run_id)
-        if run is None:
-            # Events of a run whose start is missing (a cut trajectory): make a stub.
-            stub = RunStarted(
-                run_id=event.run_id,
-                parent_run_id=event.parent_run_id,
-                depth=event.depth,
-                timestamp=event.timestamp,
-                query="(start of this run not recorded)",
-                model="?",
-                sub_model="?",
-                max_iterations=0,
-                max_depth=0,
-                context_type="?",
-                context_chars=0,
-            )
-            run = self.start_run(stub)
-        run["ended"] = max(run["ended"], event.timestamp)
-        return run
-
-    def start_run(self, event: RunStarted) -> Node:
-        run = _run_node(event)
-        self.runs[event.run_id] = run
-        parent = self.subcalls.get(event.parent_subcall_id or "")
-        if parent is not None and parent["child"] is None:
-            parent["child"] = run
-        else:
-            self.roots.append(run)
-        return run
-
-    def iteration_for(self, run: Node, index: int | None, timestamp: float) -> Node:
-        if index is None:
-            current = self.current_iteration.get(run["id"])
-            if current is not None:
-                return current
-            index = 0
-        key = (run["id"], index)
-        node = self.iterations.get(key)
-        if node is None:
-            node = _iteration_node(index, timestamp)
-            self.iterations[key] = node
-            run["iterations"].append(node)
-            self.current_iteration[run["id"]] = node
-        return node
-
-    def add(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            if event.run_id not in self.runs:
-                self.start_run(event)
-            return
-        run = self.run_for(event)
+def _iteration_ends(run: RunRecord) -> dict[int, float]:
+    """When each iteration's last event happened (the run's end events excluded)."""
+    ends: dict[int, float] = {}
+    current: int | None = None
+    for event in run.events:
         if isinstance(event, IterationStarted):
-            self.iteration_for(run, event.iteration, event.timestamp)
-        elif isinstance(event, ModelCallStarted):
-            call = _call_node(event)
-            self.calls[event.call_id] = call
-            sub = self.subcalls.get(event.subcall_id or "")
-            if sub is not None:
-                if call["last_message"] == sub["prompt"]:
-                    call["last_message"] = ""  # the sub-call's prompt, already shown
-                sub["call"] = call
-            else:
-                self.iteration_for(run, event.iteration, event.timestamp)["calls"].append(call)
-        elif isinstance(event, ModelCallFinished):
-            finished = self.calls.get(event.call_id)
-            if finished is None:
-                return
-            finished.update(
-                text=event.text,
-                text_chars=event.text_chars,
-                finish_reason=event.finish_reason,
-                latency_s=event.latency_s,
-                tokens_in=event.usage.input_tokens,
-                tokens_out=event.usage.output_tokens,
-                cost=event.cost_usd,
-                done=True,
-                error=f"{event.error_type}: {event.error}" if event.error_type else None,
-            )
-        elif isinstance(event, ModelRetry):
-            retried = self.calls.get(event.call_id or "")
-            if retried is not None:
-                retried["retries"].append(
-                    {
-                        "attempt": event.attempt,
-                        "wait_s": event.wait_s,
-                        "error": f"{event.error_type}: {event.error}",
-                    }
-                )
-        elif isinstance(event, CodeStarted):
-            block = _block_node(event)
-            self.blocks[event.exec_id] = block
-            self.iteration_for(run, event.iteration, event.timestamp)["blocks"].append(block)
-        elif isinstance(event, CodeExecuted):
-            executed = self.blocks.get(event.exec_id)
-            if executed is None:
-                executed = _block_node(
-                    CodeStarted(
-                        run_id=event.run_id,
-                        exec_id=event.exec_id,
-                        iteration=event.iteration,
-                        index=event.index,
-                        code=event.code,
-                    )
-                )
-                self.blocks[event.exec_id] = executed
-                self.iteration_for(run, event.iteration, event.timestamp)["blocks"].append(executed)
-            executed.update(
-                stdout=event.stdout,
-                stderr=event.stderr,
-                error=event.error,
-                duration_s=event.duration_s,
-                restarted=event.restarted,
-                done=True,
-            )
-        elif isinstance(event, SubcallStarted):
-            started = _subcall_node(event)
-            self.subcalls[event.subcall_id] = started
-            maker = self.blocks.get(event.exec_id or "")
-            (maker["subcalls"] if maker is not None else run["orphans"]).append(started)
-        elif isinstance(event, SubcallFinished):
-            answered = self.subcalls.get(event.subcall_id)
-            if answered is not None:
-                answered.update(
-                    ok=event.ok,
-                    response=event.response,
-                    response_chars=event.response_chars,
-                    error=event.error,
-                    duration_s=event.duration_s,
-                )
-        elif isinstance(event, FinalAnswer):
-            final = {"answer": event.answer, "source": event.source, "iteration": event.iteration}
-            run["final"] = final
-            self.iteration_for(run, event.iteration, event.timestamp)["final"] = final
-        elif isinstance(event, RunFinished):
-            r = event.result
-            run["status"] = "finished"
-            run["result"] = {
-                "answer": r.answer,
-                "stop_reason": r.stop_reason,
-                "iterations": r.iterations,
-                "input_tokens": r.total_input_tokens,
-                "output_tokens": r.total_output_tokens,
-                "cost_usd": r.cost_usd,
-                "duration_s": r.duration_s,
-                "sub_calls": r.sub_calls,
-                "code_executions": r.code_executions,
-                "limit": r.limit,
-                "error": r.error,
-            }
-        elif isinstance(event, RunFailed):
-            run["status"] = "failed"
-            run["error"] = {"type": event.error_type, "message": event.error}
-        if not isinstance(event, RunFinished | RunFailed):
-            current = self.current_iteration.get(run["id"])
-            if current is not None:
-                current["ended"] = max(current["ended"], event.timestamp)
+            current = event.iteration
+        if current is not None and not isinstance(event, RunFinished | RunFailed):
+            ends[current] = max(ends.get(current, event.timestamp), event.timestamp)
+    return ends
+
+
+def _run_node(run: RunRecord, mapped: set[str]) -> Node:
+    mapped.add(run.run_id)
+    start = run.started
+    final = (
+        {"answer": run.final_answer, "source": run.final_source, "iteration": run.final_iteration}
+        if run.final_answer is not None
+        else None
+    )
+    r = run.result
+    node: Node = {
+        "id": run.run_id,
+        "depth": run.depth,
+        "query": start.query,
+        "model": start.model,
+        "sub_model": start.sub_model,
+        "provider": start.provider,
+        "context_type": start.context_type,
+        "context_chars": start.context_chars,
+        "max_iterations": start.max_iterations,
+        "max_depth": start.max_depth,
+        "started": start.timestamp,
+        "ended": max(e.timestamp for e in run.events),
+        "status": _STATUS[run.status],
+        "result": None
+        if r is None
+        else {
+            "answer": r.answer,
+            "stop_reason": r.stop_reason,
+            "iterations": r.iterations,
+            "input_tokens": r.total_input_tokens,
+            "output_tokens": r.total_output_tokens,
+            "cost_usd": r.cost_usd,
+            "duration_s": r.duration_s,
+            "sub_calls": r.sub_calls,
+            "code_executions": r.code_executions,
+            "limit": r.limit,
+            "error": r.error,
+        },
+        "error": {"type": run.error_type, "message": run.error} if run.error_type else None,
+        "final": final,
+        "iterations": [],
+        "orphans": [_subcall_node(s, mapped) for s in run.stray_subcalls],
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost": 0.0,
+    }
+    ends = _iteration_ends(run)
+    for it in run.iterations:
+        iteration: Node = {
+            "index": it.index,
+            "started": it.started_at,
+            "ended": ends.get(it.index, it.started_at),
+            "calls": [_call_node(c) for c in run.model_calls if c.iteration == it.index],
+            "blocks": [_block_node(c, mapped) for c in it.code],
+            "final": final if final is not None and final["iteration"] == it.index else None,
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "cost": 0.0,
+        }
+        _totals(iteration, [*iteration["calls"], *iteration["blocks"]])
+        node["iterations"].append(iteration)
+    _totals(node, [*node["iterations"], *node["orphans"]])
+    return node
 
 
 def _add_cost(total: float | None, part: float | None) -> float | None:
@@ -327,30 +200,11 @@ def _totals(node: Node, parts: Iterable[Node]) -> None:
         node["cost"] = _add_cost(node["cost"], part["cost"])
 
 
-def _roll_up_run(run: Node) -> None:
-    for iteration in run["iterations"]:
-        for block in iteration["blocks"]:
-            _roll_up_subcalls(block["subcalls"])
-            _totals(block, block["subcalls"])
-        _totals(iteration, [*iteration["calls"], *iteration["blocks"]])
-    _roll_up_subcalls(run["orphans"])
-    _totals(run, [*run["iterations"], *run["orphans"]])
-
-
-def _roll_up_subcalls(subcalls: list[Node]) -> None:
-    for sub in subcalls:
-        if sub["call"] is not None:
-            _totals(sub, [sub["call"]])
-        if sub["child"] is not None:
-            _roll_up_run(sub["child"])
-            _totals(sub, [sub["child"]])
-
-
 def build_tree(events: Iterable[Event]) -> list[Node]:
     """The root runs of a trajectory, each with its whole subtree, totals rolled up."""
-    builder = _Builder()
-    for event in events:
-        builder.add(event)
-    for root in builder.roots:
-        _roll_up_run(root)
-    return builder.roots
+    roots, by_id = build_runs(events)
+    mapped: set[str] = set()
+    tree = [_run_node(run, mapped) for run in roots]
+    # A child run whose sub-call is not in the file is shown at the top, not lost.
+    tree += [_run_node(run, mapped) for run in by_id.values() if run.run_id not in mapped]
+    return tree
