@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
-from rlm.errors import MissingAPIKeyError
+from rlm.errors import ConfigurationError, MissingAPIKeyError
 
 C = TypeVar("C")
 
@@ -144,3 +144,20 @@ async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+def adopt_client(
+    client: object, expected: type[C], label: str, timeout: float | None
+) -> tuple[C, PerLoop[C]]:
+    """Use a caller's SDK client with our retries only (`max_retries=0`).
+
+    The client is used as is: like any httpx client it belongs to one event loop, so it
+    is not closed by us and not rebuilt for other loops.
+    """
+    if not isinstance(client, expected):
+        raise ConfigurationError(f"client must be an {label} (async), not {type(client).__name__}")
+    options: dict[str, Any] = {"max_retries": 0}
+    if timeout is not None:
+        options["timeout"] = timeout
+    adopted: C = client.with_options(**options)  # type: ignore[attr-defined]
+    return adopted, PerLoop(adopted, lambda: adopted, owned=False)

@@ -29,6 +29,7 @@ from rlm.errors import ConfigurationError, MalformedResponseError, MissingAPIKey
 from rlm.providers._common import (
     DEFAULT_TIMEOUT_S,
     PerLoop,
+    adopt_client,
     env,
     missing_key_error,
     parse_arguments,
@@ -117,17 +118,9 @@ class AnthropicModel:
         self.context_window = context_window or known_context_window(model)
         self.prompt_caching = prompt_caching
         if client is not None:
-            if not isinstance(client, anthropic.AsyncAnthropic):
-                raise ConfigurationError(
-                    "client must be an anthropic.AsyncAnthropic (async), not "
-                    f"{type(client).__name__}"
-                )
-            options: dict[str, Any] = {"max_retries": 0}
-            if timeout is not None:
-                options["timeout"] = timeout
-            # Your client is used as is: like any httpx client, it belongs to one loop.
-            self.client = client.with_options(**options)
-            self._clients = PerLoop(self.client, lambda: self.client, owned=False)
+            self.client, self._clients = adopt_client(
+                client, anthropic.AsyncAnthropic, "anthropic.AsyncAnthropic", timeout
+            )
         else:
             url = base_url or env("ANTHROPIC_BASE_URL")
             key = resolve_key(

@@ -22,6 +22,7 @@ from rlm.errors import ConfigurationError, MalformedResponseError
 from rlm.providers._common import (
     DEFAULT_TIMEOUT_S,
     PerLoop,
+    adopt_client,
     env,
     is_official,
     parse_arguments,
@@ -93,16 +94,9 @@ class OpenAIModel:
         self.context_window = context_window or known_context_window(model)
         self.extra_body = dict(extra_body or {})
         if client is not None:
-            if not isinstance(client, openai.AsyncOpenAI):
-                raise ConfigurationError(
-                    f"client must be an openai.AsyncOpenAI (async), not {type(client).__name__}"
-                )
-            options: dict[str, Any] = {"max_retries": 0}
-            if timeout is not None:
-                options["timeout"] = timeout
-            # Your client is used as is: like any httpx client, it belongs to one loop.
-            self.client = client.with_options(**options)
-            self._clients = PerLoop(self.client, lambda: self.client, owned=False)
+            self.client, self._clients = adopt_client(
+                client, openai.AsyncOpenAI, "openai.AsyncOpenAI", timeout
+            )
         else:
             url = base_url or env("OPENAI_BASE_URL")
             key = resolve_key(
