@@ -906,9 +906,6 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir()
     print(f"rlm benchmark {stamp}: {machine()}")
     print(f"versions: {versions}")
-    experiments = os.environ.get("RLM_BENCH_EXPERIMENTS", "")
-    if experiments:
-        print(f"EXPERIMENTS ON for rlm ({experiments}): these are not rlm's own numbers")
 
     scripts: dict[str, Script] = {}
 
@@ -936,8 +933,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_rows(runs, imports)
     table = render_table(rows)
     print()
-    if experiments:
-        print(f"rlm with experiments {experiments} (see benchmarks/drivers/experiments.py)")
     print(table)
     failed = [r for r in runs if not r.ok]
     if failed:
@@ -951,7 +946,6 @@ def main(argv: list[str] | None = None) -> int:
         "stamp": stamp,
         "machine": machine(),
         "versions": versions,
-        "experiments": experiments,
         "args": vars(args),
         "runs": [r.as_dict() for r in runs],
         "imports": imports,
@@ -959,11 +953,9 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": render_markdown(rows),
         "server_errors": server_errors,
     }
-    suffix = "-experiments" if experiments else ""
-    path = RESULTS / f"bench-{stamp}{suffix}.json"
+    path = RESULTS / f"bench-{stamp}.json"
     path.write_text(json.dumps(record, indent=1))
-    if not experiments:  # latest.json is always rlm's own numbers
-        (RESULTS / "latest.json").write_text(json.dumps(record, indent=1))
+    (RESULTS / "latest.json").write_text(json.dumps(record, indent=1))
     print(f"\nraw results: {path}")
     return 1 if failed else 0
 

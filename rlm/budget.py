@@ -171,6 +171,8 @@ class Ledger:
             if root._exceeded is not None:
                 return root._exceeded
         budget = self.budget
+        if budget.max_seconds is None and budget.max_tokens is None and budget.max_cost_usd is None:
+            return None  # nothing to total up (called before every model call)
         snap = root.snapshot()
         found: BudgetExceeded | None = None
         if budget.max_seconds is not None and snap.elapsed_s >= budget.max_seconds:

@@ -742,15 +742,26 @@ class _Run:
         return await self._batch(prompts_, model, recursive=True)
 
     async def _batch(self, items: Sequence[str], model: str | None, recursive: bool) -> list[str]:
-        async def one(index: int, prompt: str) -> str:
-            try:
-                return await self._subcall(prompt, model, recursive, (index, len(items)))
-            except LLMQueryError as exc:
-                return f"[error: {exc}]"
+        replies = [""] * len(items)
+        pending = iter(range(len(items)))  # shared: each index is taken by one worker
 
-        # Concurrency is bounded where the work happens (model-call and child-run slots),
-        # so gathering everything here is safe.
-        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(items))))
+        async def worker() -> None:
+            for index in pending:
+                try:
+                    replies[index] = await self._subcall(
+                        items[index], model, recursive, (index, len(items))
+                    )
+                except LLMQueryError as exc:
+                    replies[index] = f"[error: {exc}]"
+
+        # Concurrency is enforced where the work happens (model-call and child-run
+        # slots, shared run-wide); the workers only keep a large batch from starting
+        # every sub-call at once, which would put a task, an event and a queued slot
+        # waiter per prompt ahead of the first request, and show sub-calls in telemetry
+        # as started while they wait.
+        workers = min(len(items), self.config.max_concurrency)
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return replies
 
     def _sub_model(self, name: str | None) -> Model:
         if name is None:

@@ -5,8 +5,7 @@
 API intends (a model keeps one SDK client per event loop, and each `RLM.run()` has its
 own loop, so what a run's client costs to build is part of the run).
 
-`RLM_BENCH_PROFILE=/path/prof.txt` profiles each run after the first with pyinstrument;
-`RLM_BENCH_EXPERIMENTS=...` patches in suggested changes (see experiments.py).
+`RLM_BENCH_PROFILE=/path/prof.txt` profiles each run after the first with pyinstrument.
 """
 
 from __future__ import annotations
@@ -18,13 +17,8 @@ from _common import REPORT, Args, PrepareFn, RunFn, main
 
 
 def setup(args: Args) -> PrepareFn:
-    import experiments
-
     import rlm
     from rlm.providers.openai import OpenAIModel
-
-    experiments.apply()  # RLM_BENCH_EXPERIMENTS: measure suggested changes (off by default)
-    REPORT["experiments"] = sorted(experiments.ACTIVE)
 
     started = time.perf_counter()
     model = OpenAIModel(args.model, base_url=args.base_url, api_key="bench")

@@ -39,6 +39,7 @@ from rlm.providers._common import (
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
 from rlm.providers.retry import ProviderSpec, RetryPolicy, SDKErrors, call_with_retries
+from rlm.providers.transport import http_client
 
 ANTHROPIC_ERRORS = SDKErrors(
     base=anthropic.AnthropicError,
@@ -142,9 +143,15 @@ class AnthropicModel:
             if _supports_open_telemetry():
                 # rlm's own telemetry already has a span per model call.
                 kwargs["open_telemetry"] = False
+
+            def build() -> anthropic.AsyncAnthropic:
+                return anthropic.AsyncAnthropic(
+                    **kwargs, http_client=http_client(kwargs["timeout"])
+                )
+
             try:
-                self.client = anthropic.AsyncAnthropic(**kwargs)
-                self._clients = PerLoop(self.client, lambda: anthropic.AsyncAnthropic(**kwargs))
+                self.client = build()
+                self._clients = PerLoop(self.client, build)
             except anthropic.CredentialsError as exc:
                 raise MissingAPIKeyError(
                     f"Anthropic credentials for model {model!r} could not be loaded: {exc} "

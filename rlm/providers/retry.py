@@ -351,23 +351,33 @@ async def call_with_retries(
     `attempt` performs one request and reads its reply; an `rlm.errors.ProviderError` it
     raises (e.g. `MalformedResponseError`) is final and passes through unchanged.
     """
-    attempts = 0
+    # The first attempt runs outside tenacity, which costs as much as a small reply's
+    # parsing; only a retryable failure enters it, where it is replayed as attempt 1 so
+    # the waits and retry events are as if tenacity had run it.
+    attempts = 1
+    try:
+        return await attempt()
+    except ProviderError:
+        raise
+    except Exception as exc:
+        if policy.max_attempts <= 1 or not _retryable(exc, spec, policy):
+            mapped = to_rlm_error(exc, spec, attempts, policy)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        first_failure: Exception | None = exc
 
     async def one_attempt() -> T:
-        nonlocal attempts
+        nonlocal attempts, first_failure
+        if first_failure is not None:
+            replayed, first_failure = first_failure, None
+            raise replayed
         attempts += 1
         return await attempt()
 
     def failure_of(state: RetryCallState) -> Failure | None:
         exc = state.outcome.exception() if state.outcome is not None else None
         return classify(exc, spec) if exc is not None else None
-
-    def retryable(exc: BaseException) -> bool:
-        failure = classify(exc, spec)
-        if failure is None or not failure.retryable:
-            return False
-        wait = failure.retry_after_s
-        return wait is None or wait <= policy.max_retry_after_s
 
     backoff = policy.backoff()
 
@@ -394,7 +404,7 @@ async def call_with_retries(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts),
         wait=wait,
-        retry=retry_if_exception(retryable),
+        retry=retry_if_exception(lambda exc: _retryable(exc, spec, policy)),
         before_sleep=before_sleep,
         reraise=True,
     )
@@ -407,3 +417,11 @@ async def call_with_retries(
         if mapped is None:
             raise
         raise mapped from exc
+
+
+def _retryable(exc: BaseException, spec: ProviderSpec, policy: RetryPolicy) -> bool:
+    failure = classify(exc, spec)
+    if failure is None or not failure.retryable:
+        return False
+    wait = failure.retry_after_s
+    return wait is None or wait <= policy.max_retry_after_s

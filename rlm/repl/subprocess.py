@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from rlm.errors import ReplError
 from rlm.repl import workers
@@ -43,7 +43,13 @@ from rlm.repl.base import ExecutionResult, LLMQueryError, ReplFactory, ReplHost,
 from rlm.repl.output import OutputBuffer
 from rlm.repl.protocol import BATCHED_FUNCTIONS, HEADER, MAX_FRAME, SUBCALL_FUNCTIONS
 from rlm.repl.sandbox import Isolation, ReplLimits, describe_exit
-from rlm.repl.transfer import INLINE_CHARS, ChunkWriter, TransferCancelled, context_plan
+from rlm.repl.transfer import (
+    BATCH_ITEMS,
+    INLINE_CHARS,
+    ChunkWriter,
+    TransferCancelled,
+    context_plan,
+)
 from rlm.repl.workers import BwrapFailed, SpawnConfig, WorkerProcess
 
 __all__ = ["ReplLimits", "SubprocessRepl"]
@@ -419,7 +425,7 @@ class SubprocessRepl:
         self._lock: asyncio.Lock | None = None
         self._exec_ids = itertools.count(1)
         self._closed = False
-        self._replenish_after_load = False
+        self._replenish: _Replenish = "never"
         self.restarts = 0
 
     @classmethod
@@ -477,10 +483,8 @@ class SubprocessRepl:
             await asyncio.to_thread(process.dispose)
             raise ReplError("the REPL was closed while starting")
         self._conn = _Connection(process, self._host, self.limits.output_chars)
-        # The next spare starts now if this worker was a ready one; after this one has
-        # loaded if it is still starting, so the two do not compete for the CPU.
-        self._replenish_after_load = not spare
-        if spare and self._prestart:
+        self._replenish = _when_to_replenish(self._context, spare) if self._prestart else "never"
+        if self._replenish == "now":
             workers.pool.replenish(self._config)
         if self.limits.max_processes is not None and process.tree and process.cgroup:
             await asyncio.to_thread(process.tree.set_max, process.cgroup, self.limits.max_processes)
@@ -548,7 +552,7 @@ class SubprocessRepl:
                 "repl='inprocess'."
             ) from failure
         if reply["op"] == "loaded":
-            if self._prestart and self._replenish_after_load and self._config is not None:
+            if self._replenish == "after_load" and self._config is not None:
                 workers.pool.replenish(self._config)
             return
         raise ReplError(
@@ -753,6 +757,34 @@ class SubprocessRepl:
         if conn is not None:
             await conn.shutdown()
         self._context = None
+        if self._replenish == "at_close" and self._config is not None:
+            workers.pool.replenish(self._config)
+        self._replenish = "never"
+
+
+#: When the next spare worker starts (see `_when_to_replenish`).
+_Replenish = Literal["now", "after_load", "at_close", "never"]
+
+
+def _when_to_replenish(context: object, spare: bool) -> _Replenish:
+    """When to start the spare that serves the next run.
+
+    At once if this run took a ready spare; after this worker has loaded the context if
+    it is still starting, so the two do not compete for the CPU. For a large context
+    (over `INLINE_CHARS`, or more than one batch of items), only once this run is over:
+    the run already holds the context twice (the caller's copy and the worker's), and a
+    third interpreter alongside would push the peak past that, for a start-up time that
+    the long load hides anyway.
+    """
+    if _large(context):
+        return "at_close"
+    return "now" if spare else "after_load"
+
+
+def _large(context: object) -> bool:
+    if isinstance(context, str | bytes | bytearray):
+        return len(context) > INLINE_CHARS
+    return isinstance(context, list | tuple | dict) and len(context) > BATCH_ITEMS
 
 
 def _merge(text: str, chars: int, extra: OutputBuffer) -> tuple[str, int]:

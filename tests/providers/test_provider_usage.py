@@ -216,7 +216,7 @@ def test_openai_messages_carry_tool_calls_and_results() -> None:
         temperature=0.2,
     )
 
-    params = model.request_params(request)
+    params = model.request_body(request)
 
     assert params["messages"][1]["tool_calls"][0]["function"] == {
         "name": "execute_python",
@@ -226,7 +226,7 @@ def test_openai_messages_carry_tool_calls_and_results() -> None:
     assert params["max_completion_tokens"] == 100 and params["temperature"] == 0.2
     # Compatible servers get the older field name, which they all understand.
     local = OpenAIModel("llama3", base_url="http://localhost:11434/v1")
-    assert "max_tokens" in local.request_params(request)
+    assert "max_tokens" in local.request_body(request)
 
 
 async def test_invalid_tool_arguments_reach_the_parser_unparsed(server: FakeLLMServer) -> None:

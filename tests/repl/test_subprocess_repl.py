@@ -17,6 +17,7 @@ from _support import ISOLATIONS, TEST_LIMITS, FakeHost, Recorder, code, needs_bw
 import rlm
 from rlm.errors import ConfigurationError, ReplError
 from rlm.repl import ExecutionResult, ReplLimits, SubprocessRepl
+from rlm.repl.transfer import INLINE_CHARS
 from rlm.testing import ScriptedModel
 
 MB = 1 << 20
@@ -402,3 +403,34 @@ def test_child_runs_get_their_own_workers(isolation: str) -> None:
     shown = next(m.content for m in model.calls[-1].messages if "from pid" in m.content)
     pids = {line.split("from pid ")[1].split("'")[0] for line in shown.split(", ")}
     assert len(pids) == 3  # three children, three workers
+
+
+@pytest.mark.parametrize(
+    ("context", "during_run"),
+    [("small", ["replenish"]), ("x" * (INLINE_CHARS + 1), [])],
+    ids=["small context: spare at once", "large context: spare after the run"],
+)
+def test_a_large_context_run_starts_the_next_spare_only_when_it_ends(
+    monkeypatch: pytest.MonkeyPatch, context: str, during_run: list[str]
+) -> None:
+    # A third interpreter beside the caller's and the worker's copies of a large context
+    # would raise the run's peak memory; a small run wants the spare ready at once.
+    from rlm.repl import workers
+
+    calls: list[str] = []
+    monkeypatch.setattr(workers.pool, "replenish", lambda config: calls.append("replenish"))
+
+    async def run() -> tuple[list[str], list[str]]:
+        repl = SubprocessRepl(limits=TEST_LIMITS)
+        await repl.start(context, FakeHost())
+        try:
+            result = await repl.execute("print(len(context))")
+            assert result.stdout == f"{len(context)}\n"
+            seen_during_run = list(calls)
+        finally:
+            await repl.close()
+        return seen_during_run, list(calls)
+
+    seen_during_run, seen_after = asyncio.run(run())
+    assert seen_during_run == during_run
+    assert seen_after == ["replenish"]
