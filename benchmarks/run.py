@@ -734,12 +734,12 @@ def build_rows(runs: list[DriverRun], imports: dict[str, Any]) -> list[Row]:
                 )
             )
             limit = 2.0 if repl == "subprocess" else 1.2
-            values = {"rlm": _val(cell, _mem_x, lambda v: f"{_fmt_mb(v[0])} ({v[1]:.2f}x ctx)")}
+            values = {"rlm": _val(cell, _mem_x, lambda v: f"{_fmt_mb(v[0])} ({v[1]:.3f}x ctx)")}
             for fw in ("rlms", "dspy"):
                 values[fw] = _val(
                     shown(fw, "large", bytes=size),
                     _mem_x,
-                    lambda v: f"{_fmt_mb(v[0])} ({v[1]:.2f}x ctx)",
+                    lambda v: f"{_fmt_mb(v[0])} ({v[1]:.3f}x ctx)",
                 )
             ours_x = _mem_x(ours)[1] if ours else None
             ref_x = _mem_x(ref)[1] if ref else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -362,8 +363,9 @@ class _Connection:
                 self.loop.remove_writer(self.process.to_worker)
             self._writing = False
 
-    async def shutdown(self) -> None:
-        """Detach, cancel sub-calls in flight, and dispose of the process."""
+    async def shutdown(self) -> concurrent.futures.Future[None]:
+        """Detach, cancel sub-calls in flight, and dispose of the process (on the reaper
+        thread: the returned future says when it is gone)."""
         for waiter in self.waiters.values():
             waiter.cancel()
         self.waiters.clear()
@@ -374,7 +376,7 @@ class _Connection:
             task.cancel()
         if calls:
             await asyncio.gather(*calls, return_exceptions=True)
-        workers.reaper.submit(self.process.dispose)
+        return workers.reaper.submit(self.process.dispose)
 
 
 # -- the REPL ---------------------------------------------------------------------------------
@@ -754,11 +756,14 @@ class SubprocessRepl:
             with contextlib.suppress(BaseException):
                 await self._loading  # also marks a failed load's error as seen
         conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.shutdown()
+        reaped = await conn.shutdown() if conn is not None else None
         self._context = None
         if self._replenish == "at_close" and self._config is not None:
-            workers.pool.replenish(self._config)
+            # Once this worker (and its copy of the context) is gone, not alongside it.
+            if reaped is None:
+                workers.pool.replenish(self._config)
+            else:
+                workers.pool.replenish_after(self._config, reaped)
         self._replenish = "never"
 
 
@@ -771,10 +776,10 @@ def _when_to_replenish(context: object, spare: bool) -> _Replenish:
 
     At once if this run took a ready spare; after this worker has loaded the context if
     it is still starting, so the two do not compete for the CPU. For a large context
-    (over `INLINE_CHARS`, or more than one batch of items), only once this run is over:
-    the run already holds the context twice (the caller's copy and the worker's), and a
-    third interpreter alongside would push the peak past that, for a start-up time that
-    the long load hides anyway.
+    (over `INLINE_CHARS`, or more than one batch of items), only once this run's worker
+    is gone: the run already holds the context twice (the caller's copy and the
+    worker's), and another interpreter alongside would push the peak past that, for a
+    start-up time that the long load hides anyway.
     """
     if _large(context):
         return "at_close"

@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import marshal
@@ -377,66 +378,102 @@ def _verify_first_sandbox(process: WorkerProcess) -> None:
 # -- the pool of spare workers ------------------------------------------------------------------
 
 
+#: Spares kept for a configuration once its runs have come faster than workers start.
+MAX_SPARES = 2
+
+
 class Pool:
-    """At most one idle, already-started worker per configuration."""
+    """Idle, already-started workers, per configuration.
+
+    One spare is kept for each configuration; once a run finds its spare still booting
+    (runs coming back to back, faster than an interpreter starts), two are kept for
+    that configuration from then on, so the next run finds one ready.
+    """
 
     def __init__(self) -> None:
         self.spawner = _Spawner()
-        self._idle: dict[SpawnConfig, WorkerProcess] = {}
-        self._pending: dict[SpawnConfig, concurrent.futures.Future[None]] = {}
+        self._idle: dict[SpawnConfig, list[WorkerProcess]] = {}
+        self._starting: dict[SpawnConfig, list[concurrent.futures.Future[None]]] = {}
+        self._wanted: dict[SpawnConfig, int] = {}
         self._lock = threading.Lock()
 
     async def acquire(self, config: SpawnConfig) -> tuple[WorkerProcess, bool]:
         """A worker for `config`, and whether it was a spare (already started)."""
-        process: WorkerProcess | None = None
-        spare = True
-        while process is None:
+        while True:
             with self._lock:
-                process = self._idle.pop(config, None)
-                pending = self._pending.get(config)
-            if process is not None and not process.alive():
-                reaper.submit(process.dispose)
-                process = None
-                continue
-            if process is None and pending is not None:
-                # A spare is being started: it is further along than a new one would be.
-                await asyncio.wrap_future(pending)
-                with self._lock:
-                    process = self._idle.pop(config, None)
-            if process is None:
-                spare = False
-                process = await asyncio.wrap_future(self.spawner.submit(lambda: spawn(config)))
-        return process, spare
+                idle = self._idle.get(config)
+                process = idle.pop(0) if idle else None  # the oldest is furthest along
+                starting = list(self._starting.get(config, ()))
+            if process is not None:
+                if not process.alive():
+                    reaper.submit(process.dispose)
+                    continue
+                if not _booted(process):
+                    self._want_more(config)
+                return process, True
+            if not starting:
+                break
+            # A spare is being started: it is further along than a new one would be.
+            self._want_more(config)
+            await asyncio.wait([asyncio.wrap_future(f) for f in starting[:1]])
+        process = await asyncio.wrap_future(self.spawner.submit(lambda: spawn(config)))
+        return process, False
+
+    def _want_more(self, config: SpawnConfig) -> None:
+        with self._lock:
+            if config in self._wanted:  # only configurations that keep spares at all
+                self._wanted[config] = MAX_SPARES
 
     def replenish(self, config: SpawnConfig) -> None:
-        """Start a spare worker for `config` in the background, unless one exists."""
+        """Start spare workers for `config` in the background, up to the number wanted."""
         with self._lock:
-            if config in self._idle or config in self._pending:
-                return
+            wanted = self._wanted.setdefault(config, 1)
+            starting = self._starting.setdefault(config, [])
+            missing = wanted - len(self._idle.get(config, ())) - len(starting)
+            for _ in range(missing):
+                cell: list[concurrent.futures.Future[None]] = []
+                # The job takes the lock to file its worker, so it cannot run before
+                # `cell` holds its future (appended while we still hold the lock).
+                cell.append(self.spawner.submit(functools.partial(self._start_spare, config, cell)))
+                starting.append(cell[0])
 
-            def spawn_spare() -> None:
-                try:
-                    spare = spawn(config)
-                except Exception:
-                    logger.debug("could not start a spare REPL worker", exc_info=True)
-                    with self._lock:
-                        self._pending.pop(config, None)
-                    return
-                with self._lock:
-                    self._pending.pop(config, None)
-                    if config not in self._idle:
-                        self._idle[config] = spare
-                        return
-                spare.dispose()
+    def replenish_after(self, config: SpawnConfig, done: concurrent.futures.Future[Any]) -> None:
+        """`replenish(config)` once `done` has finished (e.g. a used worker was reaped)."""
+        done.add_done_callback(lambda _: self.replenish(config))
 
-            self._pending[config] = self.spawner.submit(spawn_spare)
+    def _start_spare(
+        self, config: SpawnConfig, cell: list[concurrent.futures.Future[None]]
+    ) -> None:
+        try:
+            spare: WorkerProcess | None = spawn(config)
+        except Exception:
+            logger.debug("could not start a spare REPL worker", exc_info=True)
+            spare = None
+        with self._lock:
+            starting = self._starting.get(config, [])
+            if cell and cell[0] in starting:
+                starting.remove(cell[0])
+            if spare is not None:
+                self._idle.setdefault(config, []).append(spare)
 
     def drain(self) -> None:
         with self._lock:
-            idle = list(self._idle.values())
+            idle = [process for processes in self._idle.values() for process in processes]
             self._idle.clear()
         for process in idle:
             process.dispose()
+
+
+def _booted(process: WorkerProcess) -> bool:
+    """Whether the worker has sent its first message (it is up and waiting), checked
+    without reading it."""
+    if process.preread:
+        return True
+    try:
+        readable, _, _ = select.select([process.from_worker], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
 
 
 pool = Pool()

@@ -26,6 +26,17 @@ from rlm.providers.retry import RetryPolicy
 from rlm.providers.transport import KeepAliveTransport, http_client
 from rlm.testing.server import FakeLLMServer
 
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "RLM_HTTP_TRANSPORT")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transport steps aside for proxies: none of the caller's may leak in."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 Responder = Callable[[bytes], bytes | None]  # request head+body -> raw reply (None: hang up)
 
 
@@ -311,9 +322,6 @@ async def test_https_verifies_the_server_against_the_trust_store(
 def test_the_transport_steps_aside_for_proxies_and_when_switched_off(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: type | None
 ) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "RLM_HTTP_TRANSPORT"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 

@@ -410,27 +410,92 @@ def test_child_runs_get_their_own_workers(isolation: str) -> None:
     [("small", ["replenish"]), ("x" * (INLINE_CHARS + 1), [])],
     ids=["small context: spare at once", "large context: spare after the run"],
 )
-def test_a_large_context_run_starts_the_next_spare_only_when_it_ends(
+def test_a_large_context_run_starts_the_next_spare_only_when_its_worker_is_gone(
     monkeypatch: pytest.MonkeyPatch, context: str, during_run: list[str]
 ) -> None:
-    # A third interpreter beside the caller's and the worker's copies of a large context
+    # Another interpreter beside the caller's and the worker's copies of a large context
     # would raise the run's peak memory; a small run wants the spare ready at once.
     from rlm.repl import workers
 
     calls: list[str] = []
-    monkeypatch.setattr(workers.pool, "replenish", lambda config: calls.append("replenish"))
+    worker_alive_then: list[bool] = []
+    used: list[workers.WorkerProcess] = []
 
-    async def run() -> tuple[list[str], list[str]]:
+    def replenish(config: object) -> None:
+        calls.append("replenish")
+        if used:
+            worker_alive_then.append(used[0].popen.poll() is None)
+
+    monkeypatch.setattr(workers.pool, "replenish", replenish)
+
+    async def run() -> list[str]:
         repl = SubprocessRepl(limits=TEST_LIMITS)
         await repl.start(context, FakeHost())
         try:
             result = await repl.execute("print(len(context))")
             assert result.stdout == f"{len(context)}\n"
+            assert repl._conn is not None
+            used.append(repl._conn.process)
             seen_during_run = list(calls)
         finally:
             await repl.close()
-        return seen_during_run, list(calls)
+        return seen_during_run
 
-    seen_during_run, seen_after = asyncio.run(run())
+    seen_during_run = asyncio.run(run())
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)  # the used worker is reaped on a thread
+
     assert seen_during_run == during_run
-    assert seen_after == ["replenish"]
+    assert calls == ["replenish"]
+    if not during_run:
+        assert worker_alive_then == [False]
+
+
+def test_runs_faster_than_worker_start_up_get_a_second_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlm.repl import workers
+
+    class FakeWorker:
+        def __init__(self, booted: bool) -> None:
+            self.booted = booted
+
+        def alive(self) -> bool:
+            return True
+
+        def dispose(self) -> None:
+            pass
+
+    started: list[FakeWorker] = []
+
+    def spawn(config: object) -> FakeWorker:
+        started.append(FakeWorker(booted=len(started) > 0))  # the first is still booting
+        return started[-1]
+
+    monkeypatch.setattr(workers, "spawn", spawn)
+    monkeypatch.setattr(workers, "_booted", lambda process: process.booted)
+    pool = workers.Pool()
+    config = workers.SpawnConfig(isolation="none", env=(), hide=())
+
+    def settle() -> None:
+        for future in [f for fs in pool._starting.values() for f in fs]:
+            future.result(timeout=5)
+
+    async def scenario() -> list[int]:
+        idle_counts = []
+        pool.replenish(config)  # one spare, as a REPL's first run asks
+        settle()
+        idle_counts.append(len(pool._idle[config]))
+        process, spare = await pool.acquire(config)  # it has not booted: a run came too soon
+        assert spare and process is started[0]
+        pool.replenish(config)
+        settle()
+        idle_counts.append(len(pool._idle[config]))  # two kept from now on
+        await pool.acquire(config)  # booted: nothing changes
+        pool.replenish(config)
+        settle()
+        idle_counts.append(len(pool._idle[config]))
+        return idle_counts
+
+    assert asyncio.run(scenario()) == [1, 2, 2]
