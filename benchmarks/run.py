@@ -112,15 +112,23 @@ class TreeMonitor:
 
     PSS is expensive to read for a big process (the kernel walks its page tables), so
     reading it every few milliseconds would slow the run it measures. The monitor reads the
-    cheap RSS every `interval_s`, and the PSS as often as keeps it under `duty` of one core
+    cheap RSS every `interval_s` (of the processes found by the last scan of the tree,
+    every `tree_s`), and the PSS as often as keeps it under `duty` of one core
     (every 10-20 ms for small processes, about every 0.2 s for a tree holding 2 GB), and
     sooner (up to a third of a core) while the RSS grows, so that a short peak is caught
     while it lasts.
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.005, duty: float = 0.1) -> None:
+    def __init__(
+        self, pid: int, interval_s: float = 0.005, duty: float = 0.1, tree_s: float = 0.05
+    ) -> None:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
+        # Finding the descendants scans all of /proc (about 1 ms of CPU, holding the GIL
+        # the fake LLM's thread needs): done every `tree_s`, not at every sample.
+        self.tree_s = tree_s
+        self._procs: list[psutil.Process] = []
+        self._next_tree = 0.0
         self.duty = duty
         self.peak_pss = 0
         self.pss_samples = 0
@@ -149,7 +157,10 @@ class TreeMonitor:
             return []
 
     def sample(self) -> None:
-        procs = self._tree()
+        if time.perf_counter() >= self._next_tree:
+            self._procs = self._tree()
+            self._next_tree = time.perf_counter() + self.tree_s
+        procs = self._procs
         rss = 0
         seen = set()
         for proc in procs:
@@ -485,7 +496,7 @@ def scenario_runs(args: argparse.Namespace) -> list[tuple[str, str, Any, dict[st
                     params: dict[str, Any] = {
                         "records": FANOUT_RECORDS,
                         "chunks": chunks,
-                        "repeat": 1 if quick else 2,
+                        "repeat": 1 if quick else 3,
                     }
                     if conc is not None:
                         params["max_concurrency"] = conc
