@@ -204,11 +204,12 @@ class OpenAIModel:
         if text is None and not calls:
             raise self._malformed("the reply's message has no content and no tool calls")
         model = raw.get("model")
+        finish = choice.get("finish_reason")
         return ModelResponse(
             text=text or "",
             usage=_usage(raw.get("usage")),
             model=model if isinstance(model, str) and model else self.name,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish if isinstance(finish, str) else None,
             tool_calls=calls,
         )
 
