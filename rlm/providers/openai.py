@@ -178,9 +178,14 @@ class OpenAIModel:
 
     def _decode(self, reply: httpx2.Response) -> object:
         kind = reply.headers.get("content-type", "application/json")
-        if "json" not in kind.lower():
-            raise self._malformed(f"expected a JSON chat completion, got {preview(reply.text)}")
-        return json.loads(reply.content)  # invalid JSON: classified as malformed, not retried
+        if "json" in kind.lower():
+            return json.loads(reply.content)  # invalid JSON: malformed, not retried
+        try:  # some servers and proxies label JSON as text, which the SDK reads too
+            return json.loads(reply.content)
+        except ValueError:
+            raise self._malformed(
+                f"expected a JSON chat completion, got {preview(reply.text)}"
+            ) from None
 
     def parse_response(self, raw: object) -> ModelResponse:
         """A `ModelResponse` from a chat completion's JSON body; `MalformedResponseError`

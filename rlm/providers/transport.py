@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import ssl
 import time
 import urllib.request
@@ -40,6 +41,12 @@ MAX_IDLE_PER_ORIGIN = 100
 #: Seconds an idle connection is kept: under the 5 s after which uvicorn (vLLM and
 #: many OpenAI-compatible servers) closes one, so we rarely send on a closing socket.
 IDLE_EXPIRY_S = 4.0
+#: A reused connection that fails this soon after the request, with no reply, was
+#: closed by the server while idle: the request is sent once more on a new connection.
+STALE_WITHIN_S = 0.5
+#: TCP keep-alive probes on every connection (as the Anthropic SDK's own client sets),
+#: so a long silent generation survives NATs and load balancers that drop idle flows.
+TCP_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 60, "TCP_KEEPCNT": 5}
 #: Bytes read per body read; also the stream buffer limit.
 READ_CHUNK = 1 << 16
 
@@ -94,15 +101,31 @@ class _Connection:
     reused: bool = False
 
     def usable(self, now: float) -> bool:
+        # Bytes that arrived while idle (a 408, a stray line) would be read as the next
+        # request's reply: such a connection is dropped, as httpcore does.
+        unread = getattr(self.reader, "_buffer", None)
         return (
             now - self.idle_since < IDLE_EXPIRY_S
             and not self.reader.at_eof()
             and not self.writer.is_closing()
+            and not unread
         )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+def _closed_while_idle(exc: BaseException, elapsed_s: float) -> bool:
+    """Whether a reused connection's failure is the server having closed it while idle:
+    reset, or closed without a byte of reply, at once. Anything later or partial may be
+    a request the server worked on, which only rlm's retry policy may send again."""
+    if elapsed_s > STALE_WITHIN_S or not isinstance(exc, httpx2.NetworkError):
+        return False
+    cause = exc.__cause__
+    if isinstance(cause, asyncio.IncompleteReadError):
+        return not cause.partial
+    return isinstance(cause, ConnectionResetError | BrokenPipeError)
 
 
 class _StaleConnection(Exception):
@@ -131,14 +154,16 @@ class KeepAliveTransport(httpx2.AsyncBaseTransport):
             )
         origin: _Origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
-        head = _request_head(request)
         body = await request.aread()
-        while True:
-            connection = self._take(origin) or await _connect(origin, timeouts, request)
-            try:
-                return await self._exchange(connection, origin, head, body, request, timeouts)
-            except _StaleConnection:
-                continue  # only reused connections raise it: a new one is opened
+        head = _request_head(request, len(body))
+        connection = self._take(origin) or await _connect(origin, timeouts, request)
+        try:
+            return await self._exchange(connection, origin, head, body, request, timeouts)
+        except _StaleConnection:
+            # Once, and on a new connection: a request the server may have received is
+            # never sent round the pool (rlm's retry policy decides about the rest).
+            connection = await _connect(origin, timeouts, request)
+            return await self._exchange(connection, origin, head, body, request, timeouts)
 
     def _take(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -169,20 +194,19 @@ class KeepAliveTransport(httpx2.AsyncBaseTransport):
         timeouts: dict[str, float | None],
     ) -> httpx2.Response:
         reader, writer = connection.reader, connection.writer
-        answered = False
+        sent_at = time.monotonic()
         try:
             writer.write(head + body if len(body) < READ_CHUNK else head)
             if len(body) >= READ_CHUNK:
                 writer.write(body)
             await _within(writer.drain(), timeouts.get("write"), _WRITE, request)
             status, reason, version, headers = await _read_head(reader, request, timeouts)
-            answered = True
             content, reusable = await _read_body(
                 reader, request, status, version, headers, timeouts
             )
         except BaseException as exc:
             connection.close()
-            if connection.reused and not answered and isinstance(exc, httpx2.NetworkError):
+            if connection.reused and _closed_while_idle(exc, time.monotonic() - sent_at):
                 raise _StaleConnection from exc
             raise
         if reusable and not _wants_close(request.headers.get("connection")):
@@ -220,13 +244,33 @@ async def _connect(
     tls = tls_context() if scheme == "https" else None
     reader, writer = await _within(
         asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=host if tls else None, limit=READ_CHUNK
+            host,
+            port,
+            ssl=tls,
+            server_hostname=host if tls else None,
+            limit=READ_CHUNK,
+            # Try the next address (IPv4 after an unreachable IPv6 one) after 250 ms, as
+            # httpx2's default transport does, rather than after the whole timeout.
+            happy_eyeballs_delay=0.25,
+            interleave=1,
         ),
         timeouts.get("connect"),
         _CONNECT,
         request,
     )
+    _keep_alive(writer.get_extra_info("socket"))
     return _Connection(reader, writer)
+
+
+def _keep_alive(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in TCP_KEEPALIVE.items():
+            option = getattr(socket, name, None)  # not every platform has all three
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 async def _within(
@@ -254,10 +298,22 @@ _WRITE = (httpx2.WriteTimeout, httpx2.WriteError)
 _READ = (httpx2.ReadTimeout, httpx2.ReadError)
 
 
-def _request_head(request: httpx2.Request) -> bytes:
+def _request_head(request: httpx2.Request, body_length: int) -> bytes:
+    """The request line and headers. The body is sent whole, so it is framed by its
+    length (a streamed request's `Transfer-Encoding: chunked` is replaced)."""
     target = request.url.raw_path.decode("ascii")
     lines = [f"{request.method} {target} HTTP/1.1".encode("ascii")]
-    lines += [name + b": " + value for name, value in request.headers.raw]
+    framed = False
+    for name, value in request.headers.raw:
+        key = name.lower()
+        if key == b"transfer-encoding":
+            continue
+        if key == b"content-length":
+            framed = True
+            value = str(body_length).encode("ascii")
+        lines.append(name + b": " + value)
+    if not framed and (body_length or request.method in ("POST", "PUT", "PATCH")):
+        lines.append(b"Content-Length: " + str(body_length).encode("ascii"))
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -270,14 +326,11 @@ async def _read_head(
     read = timeouts.get("read")
     while True:
         try:
-            raw: bytes = await _within(reader.readuntil(b"\r\n\r\n"), read, _READ, request)
-        except asyncio.LimitOverrunError as exc:
+            status_line, *lines = await _within(_head_lines(reader), read, _READ, request)
+        except ValueError as exc:  # a line longer than the stream's limit, or the head
             raise httpx2.RemoteProtocolError(
-                "the server sent a response head longer than the buffer", request=request
+                "the server sent a response head that is too long", request=request
             ) from exc
-        if len(raw) > MAX_HEAD_BYTES:
-            raise httpx2.RemoteProtocolError("response head too long", request=request)
-        status_line, *lines = raw[:-4].split(b"\r\n")
         parts = status_line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise httpx2.RemoteProtocolError(
@@ -295,6 +348,25 @@ async def _read_head(
                 )
             headers.append((name, value.strip()))
         return status, parts[2] if len(parts) > 2 else b"", parts[0], headers
+
+
+async def _head_lines(reader: asyncio.StreamReader) -> list[bytes]:
+    """The lines of a response head, CRLF or bare LF, without the blank line ending it
+    (blank lines before the status line are skipped, as RFC 9112 allows)."""
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise asyncio.IncompleteReadError(b"\n".join(lines), None)
+        size += len(line)
+        if size > MAX_HEAD_BYTES:
+            raise ValueError("response head too long")
+        line = line.rstrip(b"\r\n")
+        if line:
+            lines.append(line)
+        elif lines:
+            return lines
 
 
 async def _read_body(
@@ -334,12 +406,13 @@ async def _read_chunked(
     parts: list[bytes] = []
     while True:
         line = await _read_line(reader, request, read)
+        size_text = line.split(b";", 1)[0].strip()
         try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
+            size = int(size_text, 16) if size_text.isalnum() else -1
         except ValueError:
-            raise httpx2.RemoteProtocolError(
-                f"bad chunk size {line[:40]!r}", request=request
-            ) from None
+            size = -1
+        if size < 0:
+            raise httpx2.RemoteProtocolError(f"bad chunk size {line[:40]!r}", request=request)
         if size == 0:
             # Trailers (ignored) up to the empty line that ends the body.
             while (await _read_line(reader, request, read)).strip():

@@ -103,6 +103,13 @@ class _Spawner:
         self._jobs.put((fn, future))
         return future
 
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for the jobs submitted so far; at once if none ran."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+        if running:
+            self.submit(lambda: None).result(timeout=timeout)  # jobs run in order
+
     def _work(self) -> None:
         while True:
             fn, future = self._jobs.get()
@@ -395,6 +402,7 @@ class Pool:
         self._idle: dict[SpawnConfig, list[WorkerProcess]] = {}
         self._starting: dict[SpawnConfig, list[concurrent.futures.Future[None]]] = {}
         self._wanted: dict[SpawnConfig, int] = {}
+        self._closed = False
         self._lock = threading.Lock()
 
     async def acquire(self, config: SpawnConfig) -> tuple[WorkerProcess, bool]:
@@ -427,6 +435,8 @@ class Pool:
     def replenish(self, config: SpawnConfig) -> None:
         """Start spare workers for `config` in the background, up to the number wanted."""
         with self._lock:
+            if self._closed:
+                return
             wanted = self._wanted.setdefault(config, 1)
             starting = self._starting.setdefault(config, [])
             missing = wanted - len(self._idle.get(config, ())) - len(starting)
@@ -456,8 +466,10 @@ class Pool:
             if spare is not None:
                 self._idle.setdefault(config, []).append(spare)
 
-    def drain(self) -> None:
+    def drain(self, *, close: bool = False) -> None:
+        """Dispose of the idle spares; with `close`, start no more (interpreter exit)."""
         with self._lock:
+            self._closed = self._closed or close
             idle = [process for processes in self._idle.values() for process in processes]
             self._idle.clear()
         for process in idle:
@@ -469,11 +481,12 @@ def _booted(process: WorkerProcess) -> bool:
     without reading it."""
     if process.preread:
         return True
+    poller = select.poll()  # not select(): descriptors past 1024 are fine
     try:
-        readable, _, _ = select.select([process.from_worker], [], [], 0)
+        poller.register(process.from_worker, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return False
-    return bool(readable)
 
 
 pool = Pool()
@@ -482,8 +495,15 @@ pool = Pool()
 reaper = _Spawner("rlm-repl-reaper")
 
 
+#: Seconds the exit handler waits for workers already being reaped (their scratch
+#: folders are removed then, not left for the next rlm process to clean up).
+REAP_AT_EXIT_S = 5.0
+
+
 def _shutdown() -> None:
-    pool.drain()
+    pool.drain(close=True)
+    with contextlib.suppress(Exception):
+        reaper.wait_idle(REAP_AT_EXIT_S)
     for process in list(_live):
         with contextlib.suppress(Exception):
             process.dispose()

@@ -220,6 +220,14 @@ async def test_unreadable_replies_get_a_clear_error(
     assert len(server.requests) == 1  # not retried
 
 
+async def test_json_labelled_as_text_is_still_read(server: FakeLLMServer) -> None:
+    body = '{"choices": [{"message": {"role": "assistant", "content": "hi"}}]}'
+    server.push(RawReply(body, content_type="text/plain"))
+    model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url)
+
+    assert (await call(model)).text == "hi"
+
+
 async def test_a_completion_without_choices_is_malformed(server: FakeLLMServer) -> None:
     server.push(RawReply('{"id": "x", "object": "chat.completion", "choices": []}'))
     model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url)

@@ -172,8 +172,12 @@ async def test_a_large_request_body_arrives_whole() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n"],
-    ids=["not http", "bad header"],
+    [
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["not http", "bad header", "negative chunk size"],
 )
 async def test_garbage_replies_are_protocol_errors(raw: bytes) -> None:
     async with raw_server(lambda request: raw) as (_, url), client() as http:
@@ -210,6 +214,88 @@ async def test_a_connection_the_server_dropped_while_idle_is_replaced_silently()
 
     assert first.text == second.text == "ok"
     assert server.connections == 2
+
+
+async def test_a_request_the_server_drops_is_sent_again_at_most_once() -> None:
+    # Twenty idle connections, then a request the server takes and drops every time:
+    # it must not be replayed round the pool (each copy may be a billed generation).
+    drop = False
+
+    def respond(request: bytes) -> bytes | None:
+        return None if drop else reply(b"ok")
+
+    async with raw_server(respond) as (server, url), client() as http:
+        await asyncio.gather(*(http.get(url + "/") for _ in range(20)))
+        before = len(server.requests)
+        drop = True
+        with pytest.raises(httpx2.ReadError):
+            await http.post(url + "/v1/chat/completions", content=b"{}")
+
+    assert len(server.requests) - before == 2  # the reused connection, then one new one
+
+
+async def test_bytes_left_on_an_idle_connection_are_not_read_as_the_next_reply() -> None:
+    answered = 0
+
+    def respond(request: bytes) -> bytes | None:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            # The reply, then (as a server timing out an idle connection does) a 408.
+            return reply(b"first") + reply(b"", status="408 Request Timeout")
+        return reply(b"second")
+
+    async with raw_server(respond) as (server, url), client() as http:
+        first = await http.get(url + "/")
+        await asyncio.sleep(0.05)  # the 408 arrives while the connection is idle
+        second = await http.get(url + "/")
+
+    assert (first.status_code, first.text) == (200, "first")
+    assert (second.status_code, second.text) == (200, "second")
+    assert server.connections == 2
+
+
+async def test_bare_lf_heads_and_blank_lines_before_the_status_line_are_read() -> None:
+    raw = b"\r\nHTTP/1.1 200 OK\ncontent-length: 2\nx-a: b\n\nok"
+    async with raw_server(lambda request: raw) as (_, url), client() as http:
+        response = await http.get(url + "/")
+
+    assert (response.status_code, response.text, response.headers["x-a"]) == (200, "ok", "b")
+
+
+async def test_a_streamed_request_body_goes_out_framed_by_its_length() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    async with raw_server(lambda request: reply(b"ok")) as (server, url), client() as http:
+        await http.post(url + "/", content=parts())
+
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert body == b"hello world"
+    assert b"content-length: 11" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+
+
+async def test_connections_use_tcp_keep_alive() -> None:
+    import socket
+
+    seen: list[int] = []
+    original = transport._keep_alive
+
+    def recording(sock: socket.socket | None) -> None:
+        original(sock)
+        assert sock is not None
+        seen.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    async with raw_server(lambda request: reply(b"ok")) as (_, url), client() as http:
+        transport._keep_alive = recording
+        try:
+            await http.get(url + "/")
+        finally:
+            transport._keep_alive = original
+
+    assert seen == [1]
 
 
 async def test_a_fresh_connection_that_fails_is_an_error_not_a_loop() -> None:
