@@ -9,7 +9,9 @@ need, on asyncio streams: HTTP/1.1 with a keep-alive pool per origin (last used,
 reused), TLS with one verified context per process, `Content-Length`, chunked and
 read-to-close bodies, and the connect/read/write timeouts the SDKs pass per request. A
 response's body is read whole before it is returned (rlm never streams a reply), and
-compressed bodies are decoded by httpx2 as usual.
+compressed bodies are decoded by httpx2 as usual. A request is sent again by the
+transport only in one case: its reused connection had been closed by the server while
+idle (reset, or closed with no byte of reply, at once); then once, on a new connection.
 
 It is used only where it is a like-for-like replacement: not when a proxy is
 configured (`HTTP(S)_PROXY`, `ALL_PROXY`: httpx2 then routes through the proxy), and
