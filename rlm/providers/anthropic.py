@@ -38,7 +38,13 @@ from rlm.providers._common import (
 )
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
-from rlm.providers.retry import ProviderSpec, RetryPolicy, SDKErrors, call_with_retries
+from rlm.providers.retry import (
+    ProviderSpec,
+    RetryPolicy,
+    SDKErrors,
+    call_with_retries,
+    malformed_error,
+)
 from rlm.providers.transport import http_client
 
 ANTHROPIC_ERRORS = SDKErrors(
@@ -234,12 +240,7 @@ class AnthropicModel:
         )
 
     def _malformed(self, detail: str) -> MalformedResponseError:
-        return MalformedResponseError(
-            f"Anthropic ({self.base_url}) for model {self.name!r} sent a reply that could not "
-            f"be read: {detail}. If this is a proxy or another server, check that it speaks "
-            "the Anthropic Messages API.",
-            model=self.name,
-        )
+        return malformed_error(self._spec, detail)
 
 
 def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:

@@ -31,7 +31,13 @@ from rlm.providers._common import (
 )
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
-from rlm.providers.retry import ProviderSpec, RetryPolicy, SDKErrors, call_with_retries
+from rlm.providers.retry import (
+    ProviderSpec,
+    RetryPolicy,
+    SDKErrors,
+    call_with_retries,
+    malformed_error,
+)
 from rlm.providers.transport import http_client
 
 OPENAI_ERRORS = SDKErrors(
@@ -219,12 +225,7 @@ class OpenAIModel:
         )
 
     def _malformed(self, detail: str) -> MalformedResponseError:
-        return MalformedResponseError(
-            f"{self._spec.label} ({self.base_url}) for model {self.name!r} sent a reply that "
-            f"could not be read: {detail}. If this is a proxy or local server, check that it "
-            "speaks the OpenAI Chat Completions API.",
-            model=self.name,
-        )
+        return malformed_error(self._spec, detail)
 
 
 def _message(message: Message) -> dict[str, Any]:

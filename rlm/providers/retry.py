@@ -251,6 +251,19 @@ def _classify_status(exc: BaseException) -> Failure:
     return failure
 
 
+def malformed_error(spec: ProviderSpec, detail: str) -> MalformedResponseError:
+    """The error for a reply that arrived but cannot be read (the adapters' parsers)."""
+    return MalformedResponseError(_malformed_message(spec, detail), model=spec.model)
+
+
+def _malformed_message(spec: ProviderSpec, detail: str) -> str:
+    return (
+        f"{spec.label} ({spec.base_url}) for model {spec.model!r} sent a reply that could "
+        f"not be read: {detail}. If this is a proxy or local server, check that it speaks "
+        f"the {spec.api_name} API."
+    )
+
+
 def _advice(failure: Failure, spec: ProviderSpec, attempts: int, policy: RetryPolicy) -> str:
     """The final error message: what happened, and what to do about it."""
     who = f"{spec.label} ({spec.base_url}) for model {spec.model!r}"
@@ -320,10 +333,7 @@ def _advice(failure: Failure, spec: ProviderSpec, attempts: int, policy: RetryPo
             f"overloaded; try again later or {more}."
         )
     if kind is MalformedResponseError:
-        return (
-            f"{who} sent a reply that could not be read: {failure.detail}. If this is a "
-            f"proxy or local server, check that it speaks the {spec.api_name} API."
-        )
+        return _malformed_message(spec, failure.detail)
     return f"{who} failed: {failure.detail}"
 
 
