@@ -18,10 +18,8 @@ from typing import Any, Literal
 from rlm import prompts
 from rlm.budget import Budget, Ledger
 from rlm.errors import (
-    AuthenticationError,
     BudgetExceeded,
     ConfigurationError,
-    MissingAPIKeyError,
     ProviderError,
     RLMError,
 )
@@ -39,8 +37,6 @@ from rlm.events import (
     RunFailed,
     RunFinished,
     RunStarted,
-    SubcallFinished,
-    SubcallStarted,
     as_subscribers,
     clip,
     new_id,
@@ -58,7 +54,7 @@ from rlm.providers.base import (
 )
 from rlm.providers.pricing import cost_usd
 from rlm.providers.registry import resolve_model
-from rlm.repl.base import ExecutionResult, LLMQueryError, Repl, ReplFactory
+from rlm.repl.base import ExecutionResult, Repl, ReplFactory
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
 from rlm.strategies.parsing import FencedCodeParser, FinalMarker, ParsedReply, ParsingStrategy
 from rlm.strategies.termination import (
@@ -72,17 +68,9 @@ from rlm.strategies.termination import (
     TerminationStrategy,
     default_termination,
 )
-
-CHARS_PER_TOKEN = 4
-# Share of a sub-model's window a prompt may fill; the rest is left for the reply.
-PROMPT_WINDOW_SHARE = 0.9
+from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
 
 ReplSpec = Literal["subprocess", "inprocess"] | ReplFactory
-
-CHILD_QUERY = (
-    "Your parent run sent you a prompt, loaded as `context` (preview below). Do what it "
-    "asks, using the data it contains, and give the result with FINAL."
-)
 
 # The engine ends a run on these whatever termination strategy is configured.
 _HARD_STOPS = AnyOf(FinalAnswerReached(), BudgetLimit(), DeadlineLimit(), MaxIterations())
@@ -347,7 +335,7 @@ class _Run:
         self.errors: list[str | None] = []
         self.current_exec_id: str | None = None
         self.fatal: BaseException | None = None
-        self.subcall_tasks: set[asyncio.Task[Any]] = set()
+        self.subcalls = SubcallRouter(self)
         self.started = time.perf_counter()
 
     # -- events ---------------------------------------------------------------------
@@ -382,7 +370,7 @@ class _Run:
         answer: str | None = None
         try:
             repl = config.repl_factory()
-            await repl.start(self.context, self)
+            await repl.start(self.context, self.subcalls)
             messages = self._opening_messages(info)
             deadline = self.ledger.remaining_seconds() if self.depth == 0 else None
             try:
@@ -416,28 +404,18 @@ class _Run:
         try:
             if repl is not None:
                 await repl.close()
-            await self._cancel_subcalls()
+            await self.subcalls.cancel_pending()
         finally:
             await self.emit(event)
 
-    async def _cancel_subcalls(self) -> None:
-        """Cancel sub-calls still running (deadline, cancellation) and wait for them, so
-        that no event of this run arrives after its RunFinished."""
-        current = asyncio.current_task()
-        pending = [t for t in self.subcall_tasks if not t.done() and t is not current]
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=10)
-
     def _opening_messages(self, info: prompts.ContextInfo) -> list[Message]:
         sub_info = describe_model(self.config.sub_model)
-        window = self._window_tokens(sub_info)
+        window = self.subcalls.window_tokens(sub_info)
         system = prompts.system_prompt(
             context_type=f"{info.type_name}, {info.chars:,} characters",
             format_instructions=self.config.parsing.instructions(),
             can_recurse=self.depth + 1 < self.config.max_depth,
-            subcall_window_chars=self._window_chars(window) if window else None,
+            subcall_window_chars=window_chars(window) if window else None,
         )
         return [
             Message("system", system, cache_breakpoint=True),
@@ -723,182 +701,20 @@ class _Run:
         )
         return response
 
-    # -- ReplHost: what llm_query & co. call ------------------------------------------
+    # -- sub-calls ----------------------------------------------------------------------
 
-    async def llm_query(self, prompt: str, model: str | None = None) -> str:
-        return await self._subcall(prompt, model, recursive=False)
-
-    async def rlm_query(self, prompt: str, model: str | None = None) -> str:
-        return await self._subcall(prompt, model, recursive=True)
-
-    async def llm_query_batched(
-        self, prompts_: Sequence[str], model: str | None = None
-    ) -> list[str]:
-        return await self._batch(prompts_, model, recursive=False)
-
-    async def rlm_query_batched(
-        self, prompts_: Sequence[str], model: str | None = None
-    ) -> list[str]:
-        return await self._batch(prompts_, model, recursive=True)
-
-    async def _batch(self, items: Sequence[str], model: str | None, recursive: bool) -> list[str]:
-        replies = [""] * len(items)
-        pending = iter(range(len(items)))  # shared: each index is taken by one worker
-
-        async def worker() -> None:
-            for index in pending:
-                try:
-                    replies[index] = await self._subcall(
-                        items[index], model, recursive, (index, len(items))
-                    )
-                except LLMQueryError as exc:
-                    replies[index] = f"[error: {exc}]"
-
-        # Concurrency is enforced where the work happens (model-call and child-run
-        # slots, shared run-wide); the workers only keep a large batch from starting
-        # every sub-call at once, which would put a task, an event and a queued slot
-        # waiter per prompt ahead of the first request, and show sub-calls in telemetry
-        # as started while they wait.
-        workers = min(len(items), self.config.max_concurrency)
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        return replies
-
-    def _sub_model(self, name: str | None) -> Model:
-        if name is None:
-            return self.config.sub_model
-        cache = self.shared.models
-        if name not in cache:
-            if name in (self.config.model.name, self.config.sub_model.name):
-                cache[name] = (
-                    self.config.sub_model
-                    if name == self.config.sub_model.name
-                    else self.config.model
-                )
-            else:
-                try:
-                    cache[name] = resolve_model(name)
-                except ConfigurationError as exc:
-                    raise LLMQueryError(str(exc)) from None
-        return cache[name]
-
-    def _window_tokens(self, info: ModelInfo) -> int | None:
-        return self.config.context_windows.get(info.name, info.context_window)
-
-    @staticmethod
-    def _window_chars(window_tokens: int) -> int:
-        return int(window_tokens * CHARS_PER_TOKEN * PROMPT_WINDOW_SHARE)
-
-    async def _subcall(
-        self,
-        prompt: str,
-        model_name: str | None,
-        recursive: bool,
-        batch: tuple[int, int] | None = None,
-    ) -> str:
-        model = self._sub_model(model_name)
-        info = describe_model(model)
-        recursive = recursive and self.depth + 1 < self.config.max_depth
-        try:
-            self.ledger.start_subcall()
-        except BudgetExceeded as exc:
-            raise LLMQueryError(f"sub-call not made: {exc}") from None
-        subcall_id = new_id()
-        started = time.perf_counter()
-        task = asyncio.current_task()
-        if task is not None:
-            self.subcall_tasks.add(task)
-        await self.emit(
-            SubcallStarted(
-                **self._base(),
-                subcall_id=subcall_id,
-                exec_id=self.current_exec_id,
-                recursive=recursive,
-                model=info.name,
-                prompt=clip(prompt),
-                prompt_chars=len(prompt),
-                batch_index=batch[0] if batch else None,
-                batch_size=batch[1] if batch else None,
-            )
+    def child(self, prompt: str, model: Model, subcall_id: str) -> _Run:
+        """A child run for `rlm_query`, sharing this run's tree (see `SubcallRouter`)."""
+        return _Run(
+            self.shared,
+            self.ledger.child(),
+            query=CHILD_QUERY,
+            context=prompt,
+            depth=self.depth + 1,
+            model=model,
+            parent_run_id=self.run_id,
+            parent_subcall_id=subcall_id,
         )
-        child_run_id: str | None = None
-        text = ""
-        error: str | None = None
-        try:
-            if recursive:
-                child_run_id, text = await self._child_run(prompt, model, subcall_id)
-            else:
-                window = self._window_tokens(info)
-                if window is not None and len(prompt) > self._window_chars(window):
-                    raise LLMQueryError(
-                        prompts.subcall_too_large(
-                            len(prompt), info.name, window, self._window_chars(window)
-                        )
-                    )
-                response = await self.call_model(
-                    model,
-                    info,
-                    [Message("user", prompt)],
-                    purpose="subcall",
-                    subcall_id=subcall_id,
-                )
-                text = response.text
-        except LLMQueryError as exc:
-            error = str(exc)
-            raise
-        except asyncio.CancelledError:
-            error = "cancelled"
-            raise
-        except BudgetExceeded as exc:
-            error = f"sub-call not made: {exc}"
-            raise LLMQueryError(error) from None
-        except (AuthenticationError, MissingAPIKeyError) as exc:
-            # Not something the model's code can fix: end the run after this block.
-            self.fatal = self.fatal or exc
-            error = f"{type(exc).__name__}: {exc}"
-            raise LLMQueryError(error) from None
-        except ProviderError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise LLMQueryError(error) from None
-        except RLMError as exc:
-            self.fatal = self.fatal or exc
-            error = f"{type(exc).__name__}: {exc}"
-            raise LLMQueryError(error) from None
-        finally:
-            await self.emit(
-                SubcallFinished(
-                    **self._base(),
-                    subcall_id=subcall_id,
-                    ok=error is None,
-                    response=clip(text),
-                    response_chars=len(text),
-                    error=error,
-                    duration_s=time.perf_counter() - started,
-                    child_run_id=child_run_id,
-                )
-            )
-            if task is not None:
-                self.subcall_tasks.discard(task)
-        return text
-
-    async def _child_run(self, prompt: str, model: Model, subcall_id: str) -> tuple[str, str]:
-        async with self.shared.child_slot(self.depth + 1):
-            child = _Run(
-                self.shared,
-                self.ledger.child(),
-                query=CHILD_QUERY,
-                context=prompt,
-                depth=self.depth + 1,
-                model=model,
-                parent_run_id=self.run_id,
-                parent_subcall_id=subcall_id,
-            )
-            result = await child.execute()
-        if result.answer is None:
-            raise LLMQueryError(
-                f"the child run stopped without an answer ({result.stop_reason}"
-                f"{': ' + result.error if result.error else ''})"
-            )
-        return child.run_id, result.answer
 
 
 def _record(code: str, result: ExecutionResult) -> CodeExecution:

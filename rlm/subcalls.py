@@ -1,0 +1,299 @@
+"""Sub-call routing: the engine side of `llm_query`, `rlm_query` and their batched forms.
+
+One `SubcallRouter` per run is the `ReplHost` its REPL calls back into. It resolves the
+sub-model, checks the prompt against the model's window, counts the sub-call against the
+budget, emits `SubcallStarted`/`SubcallFinished`, and sends the prompt either to a model
+(through the run's one model-call path) or to a child run. It knows the run only through
+the `SubcallOwner` protocol, so it does not import the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+from rlm import prompts
+from rlm.budget import Ledger
+from rlm.errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    MissingAPIKeyError,
+    ProviderError,
+    RLMError,
+)
+from rlm.events import Event, SubcallFinished, SubcallStarted, clip, new_id
+from rlm.providers.base import Message, Model, ModelInfo, ModelResponse, describe_model
+from rlm.providers.registry import resolve_model
+from rlm.repl.base import LLMQueryError
+from rlm.result import RLMResult
+
+CHARS_PER_TOKEN = 4
+# Share of a sub-model's window a prompt may fill; the rest is left for the reply.
+PROMPT_WINDOW_SHARE = 0.9
+
+CHILD_QUERY = (
+    "Your parent run sent you a prompt, loaded as `context` (preview below). Do what it "
+    "asks, using the data it contains, and give the result with FINAL."
+)
+
+
+def window_chars(window_tokens: int) -> int:
+    """The largest prompt, in characters, a sub-call may send to a window of this size."""
+    return int(window_tokens * CHARS_PER_TOKEN * PROMPT_WINDOW_SHARE)
+
+
+class SubcallConfig(Protocol):
+    """The run tree's settings the router reads."""
+
+    @property
+    def model(self) -> Model: ...
+
+    @property
+    def sub_model(self) -> Model: ...
+
+    @property
+    def max_depth(self) -> int: ...
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    @property
+    def context_windows(self) -> Mapping[str, int]: ...
+
+
+class SubcallShared(Protocol):
+    """What the router uses of the state every run in one tree shares."""
+
+    @property
+    def models(self) -> dict[str, Model]: ...
+
+    def child_slot(self, depth: int) -> asyncio.Semaphore: ...
+
+
+class ChildRun(Protocol):
+    """A child run as the router sees it."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    async def execute(self) -> RLMResult: ...
+
+
+class SubcallOwner(Protocol):
+    """The run a router belongs to."""
+
+    fatal: BaseException | None
+
+    @property
+    def config(self) -> SubcallConfig: ...
+
+    @property
+    def shared(self) -> SubcallShared: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def current_exec_id(self) -> str | None: ...
+
+    def _base(self) -> dict[str, Any]:
+        """The fields every event of this run carries."""
+        ...
+
+    async def emit(self, event: Event) -> None: ...
+
+    async def call_model(
+        self,
+        model: Model,
+        info: ModelInfo,
+        messages: Sequence[Message],
+        *,
+        purpose: Literal["root", "subcall", "final"],
+        subcall_id: str | None = None,
+    ) -> ModelResponse: ...
+
+    def child(self, prompt: str, model: Model, subcall_id: str) -> ChildRun: ...
+
+
+class SubcallRouter:
+    """The `ReplHost` of one run: every sub-call its code makes goes through here."""
+
+    def __init__(self, run: SubcallOwner) -> None:
+        self.run = run
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def llm_query(self, prompt: str, model: str | None = None) -> str:
+        return await self._subcall(prompt, model, recursive=False)
+
+    async def rlm_query(self, prompt: str, model: str | None = None) -> str:
+        return await self._subcall(prompt, model, recursive=True)
+
+    async def llm_query_batched(
+        self, prompts_: Sequence[str], model: str | None = None
+    ) -> list[str]:
+        return await self._batch(prompts_, model, recursive=False)
+
+    async def rlm_query_batched(
+        self, prompts_: Sequence[str], model: str | None = None
+    ) -> list[str]:
+        return await self._batch(prompts_, model, recursive=True)
+
+    async def cancel_pending(self) -> None:
+        """Cancel sub-calls still running (deadline, cancellation) and wait for them, so
+        that no event of this run arrives after its RunFinished."""
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks if not t.done() and t is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    def window_tokens(self, info: ModelInfo) -> int | None:
+        return self.run.config.context_windows.get(info.name, info.context_window)
+
+    async def _batch(self, items: Sequence[str], model: str | None, recursive: bool) -> list[str]:
+        replies = [""] * len(items)
+        pending = iter(range(len(items)))  # shared: each index is taken by one worker
+
+        async def worker() -> None:
+            for index in pending:
+                try:
+                    replies[index] = await self._subcall(
+                        items[index], model, recursive, (index, len(items))
+                    )
+                except LLMQueryError as exc:
+                    replies[index] = f"[error: {exc}]"
+
+        # Concurrency is enforced where the work happens (model-call and child-run
+        # slots, shared run-wide); the workers only keep a large batch from starting
+        # every sub-call at once, which would put a task, an event and a queued slot
+        # waiter per prompt ahead of the first request, and show sub-calls in telemetry
+        # as started while they wait.
+        workers = min(len(items), self.run.config.max_concurrency)
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return replies
+
+    def _sub_model(self, name: str | None) -> Model:
+        config = self.run.config
+        if name is None:
+            return config.sub_model
+        cache = self.run.shared.models
+        if name not in cache:
+            if name in (config.model.name, config.sub_model.name):
+                cache[name] = config.sub_model if name == config.sub_model.name else config.model
+            else:
+                try:
+                    cache[name] = resolve_model(name)
+                except ConfigurationError as exc:
+                    raise LLMQueryError(str(exc)) from None
+        return cache[name]
+
+    async def _subcall(
+        self,
+        prompt: str,
+        model_name: str | None,
+        recursive: bool,
+        batch: tuple[int, int] | None = None,
+    ) -> str:
+        run = self.run
+        model = self._sub_model(model_name)
+        info = describe_model(model)
+        recursive = recursive and run.depth + 1 < run.config.max_depth
+        try:
+            run.ledger.start_subcall()
+        except BudgetExceeded as exc:
+            raise LLMQueryError(f"sub-call not made: {exc}") from None
+        subcall_id = new_id()
+        started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        await run.emit(
+            SubcallStarted(
+                **run._base(),
+                subcall_id=subcall_id,
+                exec_id=run.current_exec_id,
+                recursive=recursive,
+                model=info.name,
+                prompt=clip(prompt),
+                prompt_chars=len(prompt),
+                batch_index=batch[0] if batch else None,
+                batch_size=batch[1] if batch else None,
+            )
+        )
+        child_run_id: str | None = None
+        text = ""
+        error: str | None = None
+        try:
+            if recursive:
+                child_run_id, text = await self._child_run(prompt, model, subcall_id)
+            else:
+                window = self.window_tokens(info)
+                if window is not None and len(prompt) > window_chars(window):
+                    raise LLMQueryError(
+                        prompts.subcall_too_large(
+                            len(prompt), info.name, window, window_chars(window)
+                        )
+                    )
+                response = await run.call_model(
+                    model,
+                    info,
+                    [Message("user", prompt)],
+                    purpose="subcall",
+                    subcall_id=subcall_id,
+                )
+                text = response.text
+        except LLMQueryError as exc:
+            error = str(exc)
+            raise
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
+        except BudgetExceeded as exc:
+            error = f"sub-call not made: {exc}"
+            raise LLMQueryError(error) from None
+        except (AuthenticationError, MissingAPIKeyError) as exc:
+            # Not something the model's code can fix: end the run after this block.
+            run.fatal = run.fatal or exc
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        except ProviderError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        except RLMError as exc:
+            run.fatal = run.fatal or exc
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        finally:
+            await run.emit(
+                SubcallFinished(
+                    **run._base(),
+                    subcall_id=subcall_id,
+                    ok=error is None,
+                    response=clip(text),
+                    response_chars=len(text),
+                    error=error,
+                    duration_s=time.perf_counter() - started,
+                    child_run_id=child_run_id,
+                )
+            )
+            if task is not None:
+                self.tasks.discard(task)
+        return text
+
+    async def _child_run(self, prompt: str, model: Model, subcall_id: str) -> tuple[str, str]:
+        async with self.run.shared.child_slot(self.run.depth + 1):
+            child = self.run.child(prompt, model, subcall_id)
+            result = await child.execute()
+        if result.answer is None:
+            raise LLMQueryError(
+                f"the child run stopped without an answer ({result.stop_reason}"
+                f"{': ' + result.error if result.error else ''})"
+            )
+        return child.run_id, result.answer
