@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -229,6 +231,19 @@ def test_budget_exhaustion_exits_4(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "budget ran out" in err
 
 
+@pytest.fixture
+def sigint_raises_keyboard_interrupt() -> Iterator[None]:
+    """Ctrl-C as an interactive shell delivers it. A test started with SIGINT ignored
+    (a background job, `nohup`, some CI runners) would otherwise never see the signal:
+    `asyncio.run` turns SIGINT into cancellation only while the handler is the default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_raises_keyboard_interrupt")
 def test_ctrl_c_prints_the_partial_result_and_exits_130(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
