@@ -175,6 +175,7 @@ class RLM:
             raise ConfigurationError("parsing must be a rlm.strategies.ParsingStrategy")
         if termination is not None and not isinstance(termination, TerminationStrategy):
             raise ConfigurationError("termination must be a rlm.strategies.TerminationStrategy")
+        windows = _context_windows(context_windows)
         root = resolve_model(model)
         sub = resolve_model(sub_model) if sub_model is not None else root
         subscribers = as_subscribers(on_event)
@@ -193,7 +194,7 @@ class RLM:
             repl_factory=_make_repl_factory(repl),
             parsing=parsing or FencedCodeParser(),
             termination=termination or default_termination(),
-            context_windows=dict(context_windows or {}),
+            context_windows=windows,
             subscribers=tuple(subscribers),
         )
 
@@ -304,6 +305,21 @@ def _require_int(name: str, value: object, minimum: int) -> None:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
+def _context_windows(value: object) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"context_windows must map model names to token counts, like "
+            f"{{'gpt-4o-mini': 128_000}}, not {value!r}"
+        )
+    for name, tokens in value.items():
+        if not isinstance(name, str):
+            raise ConfigurationError(f"context_windows keys are model names (str), not {name!r}")
+        _require_int(f"context_windows[{name!r}]", tokens, 1)
+    return dict(value)
+
+
 class _Run:
     """One run: the loop over model turns, and the host side of the REPL's helpers."""
 
@@ -412,7 +428,7 @@ class _Run:
         sub_info = describe_model(self.config.sub_model)
         window = self.subcalls.window_tokens(sub_info)
         system = prompts.system_prompt(
-            context_type=f"{info.type_name}, {info.chars:,} characters",
+            context_type=prompts.context_summary(info),
             format_instructions=self.config.parsing.instructions(),
             can_recurse=self.depth + 1 < self.config.max_depth,
             subcall_window_chars=window_chars(window) if window else None,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from rlm._serde import from_jsonable, to_jsonable
+from rlm.errors import ConfigurationError
 from rlm.providers.base import Usage
 from rlm.result import RLMResult
 
@@ -273,7 +274,15 @@ def as_subscribers(on_event: OnEvent) -> list[Subscriber]:
         return []
     if callable(on_event):
         return [on_event]
-    return list(on_event)
+    text = isinstance(on_event, str | bytes)
+    subscribers = list(on_event) if isinstance(on_event, Iterable) and not text else [on_event]
+    for subscriber in subscribers:
+        if not callable(subscriber):
+            raise ConfigurationError(
+                f"on_event takes a callable that receives each event (or a list of them), "
+                f"not {subscriber!r} ({type(subscriber).__name__})"
+            )
+    return subscribers
 
 
 class EventBus:

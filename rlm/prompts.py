@@ -10,24 +10,49 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from rlm.errors import ConfigurationError
 from rlm.repl.base import ExecutionResult
 from rlm.repl.output import cut_middle
 
 PREVIEW_CHARS = 500
 
 
+# How many leading items the description names the types of.
+SHOWN_ITEM_TYPES = 3
+
+
 @dataclass(frozen=True, slots=True)
 class ContextInfo:
-    """A cheap description of the context: never a copy of it."""
+    """A cheap description of the context: never a copy of it.
+
+    `items` is the number of items of a list, tuple, set or dict (None for other
+    types); `item_types` names the types of the first few items ("key: value" types for
+    a dict).
+    """
 
     type_name: str
     chars: int
     items: int | None
     preview: str
+    item_types: tuple[str, ...] = ()
 
 
 def describe_context(context: object, preview_chars: int = PREVIEW_CHARS) -> ContextInfo:
-    """Type, size and a preview of `context`, computed without copying large values."""
+    """Type, size and a preview of `context`, computed without copying large values.
+
+    Raises `ConfigurationError` for a context that contains itself or is nested too
+    deeply to measure.
+    """
+    try:
+        return _describe(context, preview_chars)
+    except RecursionError:
+        raise ConfigurationError(
+            "the context is nested too deeply to describe (thousands of levels of lists "
+            "or dicts): flatten it, or pass it as text"
+        ) from None
+
+
+def _describe(context: object, preview_chars: int) -> ContextInfo:
     type_name = type(context).__name__
     if isinstance(context, str):
         return ContextInfo(type_name, len(context), None, context[:preview_chars])
@@ -35,18 +60,49 @@ def describe_context(context: object, preview_chars: int = PREVIEW_CHARS) -> Con
         return ContextInfo(type_name, len(context), None, repr(bytes(context[:preview_chars])))
     if isinstance(context, Mapping):
         keys = list(_take(context.keys(), 20))
-        chars = sum(len(str(k)) + _size(v) for k, v in context.items())
+        chars = _size(context, frozenset())
         preview = f"keys: {keys!r}"[:preview_chars]
-        return ContextInfo(type_name, chars, len(context), preview)
+        pairs = tuple(
+            f"{type(key).__name__}: {type(context[key]).__name__}"
+            for key in _take(context.keys(), SHOWN_ITEM_TYPES)
+        )
+        return ContextInfo(type_name, chars, len(context), preview, pairs)
     if isinstance(context, Sequence | set | frozenset):
-        items = list(_take(context, 3))
-        chars = sum(_size(v) for v in context)
+        items = list(_take(context, SHOWN_ITEM_TYPES))
+        path = frozenset({id(context)})
+        chars = sum(_size(v, path) for v in context)
         shown = ", ".join(repr(v)[: preview_chars // 3] for v in items)
         return ContextInfo(
-            type_name, chars, len(context), f"first items: [{shown}]"[:preview_chars]
+            type_name,
+            chars,
+            len(context),
+            f"first items: [{shown}]"[:preview_chars],
+            _type_names(items),
         )
     text = repr(context)
     return ContextInfo(type_name, len(text), None, text[:preview_chars])
+
+
+def context_summary(info: ContextInfo) -> str:
+    """'str of 1,234 characters'; for a container its items, the types of the first ones
+    and the characters of text in all: 'list of 3 items (str, str, dict), 1,234 characters
+    in all', 'dict of 2 items (str: list, str: int), 57 characters in all'."""
+    chars = _count(info.chars, "character")
+    if info.items is None:
+        return f"{info.type_name} of {chars}"
+    types = ""
+    if info.item_types:
+        more = ", ..." if info.items > len(info.item_types) else ""
+        types = f" ({', '.join(info.item_types)}{more})"
+    return f"{info.type_name} of {_count(info.items, 'item')}{types}, {chars} in all"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _type_names(values: Iterable[object]) -> tuple[str, ...]:
+    return tuple(type(v).__name__ for v in values)
 
 
 def _take(values: Iterable[object], n: int) -> list[object]:
@@ -58,15 +114,24 @@ def _take(values: Iterable[object], n: int) -> list[object]:
     return out
 
 
-def _size(value: object) -> int:
+def _size(value: object, path: frozenset[int]) -> int:
+    """Characters of text in `value`. `path` holds the containers being measured, so a
+    container found inside itself is reported instead of recursing forever."""
     if isinstance(value, str | bytes):
         return len(value)
     if isinstance(value, int | float | bool) or value is None:
         return len(str(value))
-    if isinstance(value, Mapping):
-        return sum(len(str(k)) + _size(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return sum(_size(v) for v in value)
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in path:
+            raise ConfigurationError(
+                f"the context contains itself (a {type(value).__name__} that holds itself, "
+                "directly or through other items), so it cannot be described or copied into "
+                "the REPL: pass data without such cycles"
+            )
+        inner = path | {id(value)}
+        if isinstance(value, Mapping):
+            return sum(len(str(k)) + _size(v, inner) for k, v in value.items())
+        return sum(_size(v, inner) for v in value)
     return len(repr(value))
 
 
@@ -76,7 +141,7 @@ loaded in a persistent Python REPL as the variable `context`; you see it only th
 code you write and what that code prints.
 
 In the REPL you have:
-- `context`: the data ({context_type}).
+- `context`: the data, a {context_type}.
 - `llm_query(prompt, model=None) -> str`: ask a sub-model one question. It sees only \
 the prompt you pass, so put the text it needs in the prompt. {window_note}
 - `llm_query_batched(prompts, model=None) -> list[str]`: many prompts at once, run \
@@ -128,12 +193,9 @@ def system_prompt(
 
 def first_user_message(query: str, info: ContextInfo) -> str:
     """The query and what the context looks like."""
-    size = f"{info.chars:,} characters"
-    if info.items is not None:
-        size = f"{info.items:,} items, {size}"
     return (
         f"Query: {query}\n\n"
-        f"The context is a {info.type_name} of {size}. Preview:\n{info.preview}\n\n"
+        f"The context is a {context_summary(info)}. Preview:\n{info.preview}\n\n"
         "Start by exploring `context` with code."
     )
 

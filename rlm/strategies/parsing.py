@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from rlm.errors import ConfigurationError
 from rlm.providers.base import Message, ModelResponse, ToolCall, ToolSpec
 
 
@@ -40,6 +41,18 @@ class FinalMarker:
     kind: Literal["answer", "var"]
     value: str
     call_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("answer", "var"):
+            raise ConfigurationError(
+                f"FinalMarker kind {self.kind!r} is not one rlm knows: use 'answer' (value "
+                "is the answer text) or 'var' (value names a REPL variable holding it)"
+            )
+        if not isinstance(self.value, str):
+            raise ConfigurationError(
+                f"FinalMarker value must be a str, not {type(self.value).__name__}: "
+                "convert the answer to text (or give the variable's name)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
