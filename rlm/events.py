@@ -274,14 +274,19 @@ def as_subscribers(on_event: OnEvent) -> list[Subscriber]:
         return []
     if callable(on_event):
         return [on_event]
-    text = isinstance(on_event, str | bytes)
-    subscribers = list(on_event) if isinstance(on_event, Iterable) and not text else [on_event]
-    for subscriber in subscribers:
+    given: list[object] = (
+        list(on_event)
+        if isinstance(on_event, Iterable) and not isinstance(on_event, str | bytes)
+        else [on_event]
+    )
+    subscribers: list[Subscriber] = []
+    for subscriber in given:
         if not callable(subscriber):
             raise ConfigurationError(
                 f"on_event takes a callable that receives each event (or a list of them), "
                 f"not {subscriber!r} ({type(subscriber).__name__})"
             )
+        subscribers.append(subscriber)
     return subscribers
 
 

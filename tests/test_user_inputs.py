@@ -59,7 +59,7 @@ def test_an_on_event_that_is_not_callable_is_a_configuration_error(on_event: obj
 
 
 def test_a_final_marker_of_an_unknown_kind_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="'answer'.*'var'"):
+    with pytest.raises(ConfigurationError, match=r"'answer'.*'var'"):
         FinalMarker("variable", "x")  # type: ignore[arg-type]
 
     class Misspelled(FencedCodeParser):
