@@ -38,6 +38,7 @@ from rlm.providers._common import (
 )
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.http import http_client
 from rlm.providers.retry import (
     ProviderSpec,
     RetryPolicy,
@@ -45,7 +46,6 @@ from rlm.providers.retry import (
     call_with_retries,
     malformed_error,
 )
-from rlm.providers.transport import http_client
 
 ANTHROPIC_ERRORS = SDKErrors(
     base=anthropic.AnthropicError,
@@ -152,7 +152,8 @@ class AnthropicModel:
 
             def build() -> anthropic.AsyncAnthropic:
                 return anthropic.AsyncAnthropic(
-                    **kwargs, http_client=http_client(kwargs["timeout"])
+                    **kwargs,
+                    http_client=http_client(anthropic.DefaultAioHttpClient, kwargs["timeout"]),
                 )
 
             try:

@@ -31,6 +31,7 @@ from rlm.providers._common import (
 )
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.http import http_client
 from rlm.providers.retry import (
     ProviderSpec,
     RetryPolicy,
@@ -38,7 +39,6 @@ from rlm.providers.retry import (
     call_with_retries,
     malformed_error,
 )
-from rlm.providers.transport import http_client
 
 OPENAI_ERRORS = SDKErrors(
     base=openai.OpenAIError,
@@ -124,7 +124,7 @@ class OpenAIModel:
                     base_url=url,
                     timeout=seconds,
                     max_retries=0,
-                    http_client=http_client(seconds),
+                    http_client=http_client(openai.DefaultAioHttpClient, seconds),
                 )
 
             self.client = build()
