@@ -455,7 +455,12 @@ class _Run:
                 return self._budget_stop(exc), None
             usage_before = response.usage
             parsed = parsing.parse(response)
-            messages.append(parsing.assistant_message(response))
+            reply = parsing.assistant_message(response)
+            if response.provider_items and not reply.provider_items:
+                # Reasoning models need their reasoning back next turn, whatever the
+                # strategy wrote; the adapter checks the items still match the content.
+                reply = replace(reply, provider_items=response.provider_items)
+            messages.append(reply)
             executions, outputs, final, source, last_error = await self._run_blocks(repl, parsed)
             if final is None and parsed.final is not None:
                 final, note = await self._resolve_marker(repl, parsed.final)

@@ -36,12 +36,33 @@ class ToolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderItem:
+    """One part of a reply in its provider's own form, kept to be sent back as is.
+
+    Reasoning models return parts only their provider can read: OpenAI Responses'
+    reasoning items (with `encrypted_content`), Anthropic's thinking blocks (with their
+    `signature`). The model keeps its reasoning between turns only if those parts come
+    back with the next request, unchanged and in their place. An adapter puts the whole
+    reply here (`ModelResponse.provider_items`), the engine keeps it on the assistant
+    message it appends, and the adapter that speaks `api` sends it back; other adapters
+    ignore it. `data` is the item's JSON exactly as received.
+    """
+
+    api: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One chat message.
 
     `tool_calls` is set on assistant messages that called tools; `tool_call_id` on the
     `tool` message carrying a call's result. `cache_breakpoint` marks the end of a stable
     prefix that providers with explicit prompt caching (Anthropic) may cache.
+    `provider_items` is the reply this assistant message came from, in its provider's
+    form (see `ProviderItem`); an adapter sends it back instead of `content` and
+    `tool_calls` while they still say the same, and otherwise keeps only the parts it
+    cannot rebuild (reasoning).
     """
 
     role: Role
@@ -49,6 +70,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     cache_breakpoint: bool = False
+    provider_items: tuple[ProviderItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +123,18 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
-    """A model's reply: its text, any tool calls, usage, and the model that answered."""
+    """A model's reply: its text, any tool calls, usage, and the model that answered.
+
+    `provider_items` is the reply in its provider's own form, for adapters that must
+    send reasoning back on the next turn (see `ProviderItem`).
+    """
 
     text: str
     usage: Usage = Usage()
     model: str | None = None
     finish_reason: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    provider_items: tuple[ProviderItem, ...] = ()
 
 
 @runtime_checkable

@@ -108,3 +108,15 @@ def set_context_window(model: str, tokens: int) -> None:
         raise ValueError(f"a context window is a positive number of tokens, not {tokens!r}")
     with _lock:
         _CONTEXT_WINDOWS[bare_name(model)] = tokens
+
+
+# OpenAI's reasoning families: o1, o3, o4-mini..., gpt-5 and later, codex models. The
+# gpt-5 "chat" variants are not reasoning models.
+_REASONING = re.compile(r"^(?:o\d|gpt-(?:[5-9]|\d{2,})|codex)")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Whether `model` is one of OpenAI's reasoning models (they accept reasoning
+    options, such as asking for encrypted reasoning, that other models refuse)."""
+    name = bare_name(model.strip()).lower()
+    return bool(_REASONING.match(name)) and "-chat" not in name

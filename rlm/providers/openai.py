@@ -1,9 +1,13 @@
-"""`OpenAIModel`: OpenAI Chat Completions, and any server that speaks it.
+"""`OpenAIModel`: OpenAI's Responses API, and Chat Completions for any server that speaks it.
 
 ```python
-model = OpenAIModel("gpt-4o-mini")                                    # OPENAI_API_KEY
-local = OpenAIModel("llama3.1", base_url="http://localhost:11434/v1")  # Ollama, no key
+model = OpenAIModel("gpt-5-mini")                                     # Responses, OPENAI_API_KEY
+local = OpenAIModel("llama3.1", base_url="http://localhost:11434/v1")  # Chat Completions, no key
 ```
+
+OpenAI's own API is spoken through Responses by default (reasoning survives between
+turns only there: see `rlm.providers.responses`); any other `base_url` through Chat
+Completions, which vLLM, Ollama, llama.cpp and proxies speak. `api=` chooses.
 
 The `openai` SDK is imported with this module, which rlm imports only when an OpenAI
 model is first built (`import rlm` stays SDK-free).
@@ -13,12 +17,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 import openai
 
 from rlm.errors import ConfigurationError, MalformedResponseError
+from rlm.providers import responses
 from rlm.providers._common import (
     DEFAULT_TIMEOUT_S,
     PerLoop,
@@ -31,6 +36,7 @@ from rlm.providers._common import (
 )
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.catalog import is_reasoning_model
 from rlm.providers.http import http_client
 from rlm.providers.retry import (
     ProviderSpec,
@@ -49,11 +55,17 @@ OPENAI_ERRORS = SDKErrors(
 )
 
 
+Api = Literal["responses", "chat"]
+
+
 class OpenAIModel:
-    """A model served through the OpenAI Chat Completions API (non-streaming).
+    """A model served through OpenAI's Responses or Chat Completions API (non-streaming).
 
     Args:
         model: the model name as the server knows it ("gpt-4o-mini", "llama3.1:8b").
+        api: "responses" (the default for OpenAI's own API: stateless requests that
+            carry the model's encrypted reasoning from turn to turn) or "chat" (Chat
+            Completions; the default for any other `base_url`).
         client: an `openai.AsyncOpenAI` to use instead of building one; it is used
             through `with_options(max_retries=0)` because rlm does the retrying.
         base_url: the API root, e.g. "http://localhost:8000/v1" (default:
@@ -67,8 +79,11 @@ class OpenAIModel:
         max_output_tokens: a cap on each reply's tokens; not sent unless set.
         retry: how failed calls are retried (default `RetryPolicy()`).
         context_window: the model's window in tokens (default: rlm's table, else None).
+        reasoning_effort: how hard a reasoning model thinks ("minimal", "low",
+            "medium", "high", ...); sent as `reasoning.effort` over Responses and as
+            `reasoning_effort` over Chat Completions. Not sent unless set.
         extra_body: extra JSON fields merged into every request (server-specific
-            options such as `reasoning_effort` or vLLM's sampling parameters).
+            options such as vLLM's sampling parameters); its fields win.
 
     Raises:
         MissingAPIKeyError: for OpenAI's API without a key, before any request.
@@ -89,9 +104,18 @@ class OpenAIModel:
         retry: RetryPolicy | None = None,
         context_window: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        api: Api | None = None,
+        reasoning_effort: str | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
+        if api not in (None, "responses", "chat"):
+            raise ConfigurationError(
+                f"OpenAIModel(api={api!r}): use 'responses' (OpenAI's API) or 'chat' (Chat "
+                "Completions, which compatible servers speak)"
+            )
+        if reasoning_effort is not None and not isinstance(reasoning_effort, str):
+            raise ConfigurationError("reasoning_effort must be a string such as 'low' or 'high'")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
         self.name = model
@@ -100,6 +124,7 @@ class OpenAIModel:
         self.retry = retry or RetryPolicy()
         self.context_window = context_window or known_context_window(model)
         self.extra_body = dict(extra_body or {})
+        self.reasoning_effort = reasoning_effort
         if client is not None:
             self.client, self._clients = adopt_client(
                 client, openai.AsyncOpenAI, "openai.AsyncOpenAI", timeout
@@ -130,28 +155,34 @@ class OpenAIModel:
             self.client = build()
             self._clients = PerLoop(self.client, build)
         self.base_url = str(self.client.base_url)
+        official = is_official(self.base_url, "openai.com")
+        self.api: Api = api or ("responses" if official else "chat")
         # OpenAI's API wants max_completion_tokens; compatible servers know max_tokens.
-        self._max_tokens_field = (
-            "max_completion_tokens" if is_official(self.base_url, "openai.com") else "max_tokens"
-        )
+        self._max_tokens_field = "max_completion_tokens" if official else "max_tokens"
+        # Only reasoning models accept the include; others refuse the request.
+        self._encrypted_reasoning = reasoning_effort is not None or is_reasoning_model(model)
+        self._reply_kind = "response object" if self.api == "responses" else "chat completion"
         client_timeout = self.client.timeout
         self._spec = ProviderSpec(
-            label="OpenAI" if is_official(self.base_url, "openai.com") else "OpenAI-compatible",
+            label="OpenAI" if official else "OpenAI-compatible",
             model=model,
             base_url=self.base_url,
             key_env="OPENAI_API_KEY",
             base_url_env="OPENAI_BASE_URL",
-            api_name="OpenAI Chat Completions",
+            api_name="OpenAI Responses" if self.api == "responses" else "OpenAI Chat Completions",
             timeout_s=client_timeout if isinstance(client_timeout, int | float) else None,
             errors=OPENAI_ERRORS,
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIModel({self.name!r}, base_url={self.base_url!r})"
+        return f"OpenAIModel({self.name!r}, base_url={self.base_url!r}, api={self.api!r})"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Send `request` as one chat completion, retrying transient failures."""
+        """Send `request` as one Responses call or chat completion, retrying transient
+        failures."""
         body = self.request_body(request)
+        path = "/responses" if self.api == "responses" else "/chat/completions"
+        parse = self.parse_response
 
         async def attempt() -> ModelResponse:
             client = await self._clients.get()
@@ -159,26 +190,39 @@ class OpenAIModel:
             # reply kept as JSON: `chat.completions.create` would spend half of a small
             # call's CPU re-validating our plain-JSON body and building pydantic models
             # we read three fields of. Status errors are still the SDK's.
-            reply = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-            return self.parse_response(self._decode(reply))
+            reply = await client.post(path, body=body, cast_to=httpx2.Response)
+            return parse(self._decode(reply))
 
         return await call_with_retries(attempt, spec=self._spec, policy=self.retry)
 
     def request_body(self, request: ModelRequest) -> dict[str, Any]:
-        """The JSON body of the chat-completions request for `request` (`extra_body`
-        merged in, its fields winning)."""
-        body: dict[str, Any] = {
+        """The JSON body of the request for `request` in this model's `api`
+        (`extra_body` merged in, its fields winning)."""
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        max_tokens = request.max_output_tokens or self.max_output_tokens
+        if self.api == "responses":
+            body = responses.request_body(
+                self.name,
+                request,
+                temperature=temperature,
+                max_output_tokens=max_tokens,
+                reasoning_effort=self.reasoning_effort,
+                encrypted_reasoning=self._encrypted_reasoning,
+            )
+            body.update(self.extra_body)
+            return body
+        body = {
             "model": self.name,
             "messages": [_message(m) for m in request.messages],
         }
         if request.tools:
             body["tools"] = [_tool(t) for t in request.tools]
-        temperature = request.temperature if request.temperature is not None else self.temperature
         if temperature is not None:
             body["temperature"] = temperature
-        max_tokens = request.max_output_tokens or self.max_output_tokens
         if max_tokens is not None:
             body[self._max_tokens_field] = max_tokens
+        if self.reasoning_effort is not None:
+            body["reasoning_effort"] = self.reasoning_effort
         body.update(self.extra_body)
         return body
 
@@ -190,12 +234,14 @@ class OpenAIModel:
             return json.loads(reply.content)
         except ValueError:
             raise self._malformed(
-                f"expected a JSON chat completion, got {preview(reply.text)}"
+                f"expected a JSON {self._reply_kind}, got {preview(reply.text)}"
             ) from None
 
     def parse_response(self, raw: object) -> ModelResponse:
-        """A `ModelResponse` from a chat completion's JSON body; `MalformedResponseError`
-        if it is unusable."""
+        """A `ModelResponse` from the reply's JSON body (a Responses object or a chat
+        completion, as `api` says); `MalformedResponseError` if it is unusable."""
+        if self.api == "responses":
+            return responses.parse_response(raw, model=self.name, malformed=self._malformed)
         if not isinstance(raw, dict):
             raise self._malformed(f"expected a JSON chat completion, got {preview(raw)}")
         choices = raw.get("choices")

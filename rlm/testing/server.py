@@ -12,8 +12,10 @@ with FakeLLMServer(["```repl\\nprint(len(context))\\n```", "FINAL(42)"]) as serv
 ```
 
 It listens on 127.0.0.1 on a free port and answers `POST /v1/chat/completions`
-(OpenAI Chat Completions) and `POST /v1/messages` (Anthropic Messages) with correctly
-shaped JSON: ids, finish reasons, tool calls and usage, cache details included. Replies
+(OpenAI Chat Completions), `POST /v1/responses` (OpenAI Responses) and `POST /v1/messages`
+(Anthropic Messages, as server-sent events when the request says `stream: true`) with
+correctly shaped replies: ids, finish reasons, tool calls, reasoning and usage, cache
+details included (`rlm.testing.wire` renders them). Replies
 come from a script (a queue of steps, consumed in request order) and then from an
 optional `handler(request)`; a step is a reply text, a `Reply`, an `ErrorReply` (a status
 with headers such as `retry-after`), a `RawReply` (any body, e.g. malformed JSON), a
@@ -34,7 +36,6 @@ import inspect
 import json
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 from rlm.providers.base import ToolCall
+from rlm.testing import wire
 
-Api = Literal["openai", "anthropic"]
+Api = Literal["openai", "responses", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,12 @@ class Reply:
     Anthropic endpoint). Counts left None are estimated from the text (4 chars a token).
     `raw_usage` replaces the wire `usage` object verbatim; `usage_details=False` leaves
     out the cache and reasoning details, as many local servers do.
+
+    `reasoning` is the model's hidden reasoning: a reasoning item on the Responses
+    endpoint (its `encrypted_content` wraps the text: `wire.unseal` reads it back), a
+    thinking block with a signature on the Anthropic one; Chat Completions shows none.
+    `break_after_chars` drops the connection of a streamed (Anthropic) reply once that
+    many characters of its text have been sent, before `message_stop`.
     """
 
     text: str = ""
@@ -70,6 +78,8 @@ class Reply:
     model: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    reasoning: str | None = None
+    break_after_chars: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +137,6 @@ class RecordedRequest:
 
 Answer: TypeAlias = str | Reply | ErrorReply | RawReply | Disconnect
 Step: TypeAlias = Answer | Callable[[RecordedRequest], Answer | Awaitable[Answer]]
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:24]}"
-
-
-def _estimate_tokens(text: str) -> int:
-    return max(1, (len(text) + 3) // 4)
 
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -374,14 +376,29 @@ class FakeLLMServer:
             return False
         status, extra_headers, payload, content_type = answer
         phrase = _phrase(status)
+        framing = (
+            "transfer-encoding: chunked"
+            if isinstance(payload, _Stream)
+            else f"content-length: {len(payload)}"
+        )
         head = [
             f"HTTP/1.1 {status} {phrase}",
             f"content-type: {content_type}",
-            f"content-length: {len(payload)}",
+            framing,
             f"connection: {'keep-alive' if keep_alive else 'close'}",
             *(f"{k}: {v}" for k, v in extra_headers.items()),
         ]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        if not isinstance(payload, _Stream):
+            writer.write(payload)
+            await writer.drain()
+            return keep_alive
+        for event in payload.events:
+            writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            await writer.drain()
+        if not payload.complete:
+            return False  # closed mid-body: the client sees the stream break
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
         return keep_alive
 
@@ -403,10 +420,12 @@ class FakeLLMServer:
 
     async def _answer(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, dict[str, str], bytes, str] | None:
+    ) -> tuple[int, dict[str, str], bytes | _Stream, str] | None:
         api: Api | None = None
         if path.endswith("/chat/completions"):
             api = "openai"
+        elif path.endswith("/responses"):
+            api = "responses"
         elif path.endswith("/messages"):
             api = "anthropic"
         try:
@@ -477,10 +496,18 @@ class FakeLLMServer:
             return answer.status, dict(answer.headers), payload, answer.content_type
         if isinstance(answer, ErrorReply):
             return self._error(api, answer)
-        render = _render_openai if api == "openai" else _render_anthropic
+        request_id = {"request-id" if api == "anthropic" else "x-request-id": wire.new_id("req_")}
+        headers = {**request_id, **answer.headers}
+        if api == "anthropic" and isinstance(parsed, dict) and parsed.get("stream") is True:
+            events, complete = wire.anthropic_events(answer, request, self.model)
+            return 200, headers, _Stream(events, complete), "text/event-stream"
+        render = {
+            "openai": wire.render_openai,
+            "responses": wire.render_responses,
+            "anthropic": wire.render_anthropic,
+        }[api]
         document = render(answer, request, self.model)
-        request_id = {"x-request-id" if api == "openai" else "request-id": _new_id("req_")}
-        return 200, {**request_id, **answer.headers}, _dump(document), "application/json"
+        return 200, headers, wire.dump(document), "application/json"
 
     @staticmethod
     def _error(api: Api, error: ErrorReply) -> tuple[int, dict[str, str], bytes, str]:
@@ -496,7 +523,15 @@ class FakeLLMServer:
             document = {
                 "error": {"message": message, "type": kind, "param": None, "code": error.code}
             }
-        return error.status, dict(error.headers), _dump(document), "application/json"
+        return error.status, dict(error.headers), wire.dump(document), "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """A body sent as server-sent events, one chunk each; cut short unless `complete`."""
+
+    events: list[bytes]
+    complete: bool
 
 
 def _phrase(status: int) -> str:
@@ -506,112 +541,3 @@ def _phrase(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
-
-def _dump(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _calls(reply: Reply, prefix: str = "call_") -> list[ToolCall]:
-    calls: list[ToolCall] = []
-    for call in reply.tool_calls:
-        if isinstance(call, ToolCall):
-            calls.append(call)
-        else:
-            name, arguments = call
-            calls.append(ToolCall(id=_new_id(prefix), name=name, arguments=arguments))
-    return calls
-
-
-def _counts(reply: Reply, request: RecordedRequest) -> tuple[int, int]:
-    input_tokens = reply.input_tokens
-    if input_tokens is None:
-        # The body's size stands in for the prompt's: cheap, and grows as the prompt does.
-        input_tokens = max(1, len(request.body) // 4)
-        input_tokens += reply.cache_read_tokens + reply.cache_write_tokens
-    output_tokens = reply.output_tokens
-    if output_tokens is None:
-        output_tokens = _estimate_tokens(
-            reply.text + "".join(json.dumps(dict(c.arguments)) for c in _calls(reply))
-        )
-    return input_tokens, output_tokens
-
-
-def _render_openai(reply: Reply, request: RecordedRequest, model: str | None) -> dict[str, Any]:
-    calls = _calls(reply)
-    input_tokens, output_tokens = _counts(reply, request)
-    usage: dict[str, Any] = {
-        "prompt_tokens": input_tokens,
-        "completion_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens,
-    }
-    if reply.usage_details:
-        usage["prompt_tokens_details"] = {
-            "cached_tokens": reply.cache_read_tokens,
-            "audio_tokens": 0,
-        }
-        usage["completion_tokens_details"] = {
-            "reasoning_tokens": reply.reasoning_tokens,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        }
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": reply.text if reply.text or not calls else None,
-        "refusal": None,
-    }
-    if calls:
-        message["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.name, "arguments": json.dumps(dict(c.arguments))},
-            }
-            for c in calls
-        ]
-    return {
-        "id": _new_id("chatcmpl-"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": reply.model or model or request.model or "fake-model",
-        "system_fingerprint": "fp_fakellm",
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": reply.finish_reason or ("tool_calls" if calls else "stop"),
-            }
-        ],
-        "usage": dict(reply.raw_usage) if reply.raw_usage is not None else usage,
-    }
-
-
-def _render_anthropic(reply: Reply, request: RecordedRequest, model: str | None) -> dict[str, Any]:
-    calls = _calls(reply, "toolu_")
-    input_tokens, output_tokens = _counts(reply, request)
-    usage: dict[str, Any] = {
-        # Anthropic counts cache reads and writes apart from input_tokens.
-        "input_tokens": max(0, input_tokens - reply.cache_read_tokens - reply.cache_write_tokens),
-        "output_tokens": output_tokens,
-    }
-    if reply.usage_details:
-        usage["cache_read_input_tokens"] = reply.cache_read_tokens
-        usage["cache_creation_input_tokens"] = reply.cache_write_tokens
-    content: list[dict[str, Any]] = []
-    if reply.text:
-        content.append({"type": "text", "text": reply.text})
-    content += [
-        {"type": "tool_use", "id": c.id, "name": c.name, "input": dict(c.arguments)} for c in calls
-    ]
-    return {
-        "id": _new_id("msg_"),
-        "type": "message",
-        "role": "assistant",
-        "model": reply.model or model or request.model or "fake-model",
-        "content": content,
-        "stop_reason": reply.finish_reason or ("tool_use" if calls else "end_turn"),
-        "stop_sequence": None,
-        "usage": dict(reply.raw_usage) if reply.raw_usage is not None else usage,
-    }

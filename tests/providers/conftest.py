@@ -58,20 +58,22 @@ def server() -> Iterator[FakeLLMServer]:
         yield fake
 
 
-@pytest.fixture(params=["openai", "anthropic"])
+@pytest.fixture(params=["openai", "responses", "anthropic"])
 def provider(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def make_model(provider: str, server: FakeLLMServer) -> ModelFactory:
-    """Build the parametrised provider's adapter against the fake server."""
+    """Build the parametrised provider's adapter against the fake server ("openai" is
+    Chat Completions, "responses" the OpenAI Responses API)."""
 
     def make(name: str | None = None, **options: Any) -> OpenAIModel | AnthropicModel:
         options.setdefault("retry", FAST_RETRY)
         options.setdefault("api_key", "test-key")
-        if provider == "openai":
+        if provider in ("openai", "responses"):
             options.setdefault("base_url", server.openai_base_url)
+            options.setdefault("api", "chat" if provider == "openai" else "responses")
             return OpenAIModel(name or DEFAULT_NAMES["openai"], **options)
         options.setdefault("base_url", server.anthropic_base_url)
         return AnthropicModel(name or DEFAULT_NAMES["anthropic"], **options)

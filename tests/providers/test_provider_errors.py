@@ -122,7 +122,7 @@ async def test_a_bad_key_names_the_variable_to_set(
     with pytest.raises(AuthenticationError) as caught:
         await call(make_model())
 
-    expected = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
+    expected = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
     assert expected in str(caught.value)
     assert "invalid x-api-key" in str(caught.value)
 

@@ -83,7 +83,7 @@ async def test_anthropic_input_tokens_gain_the_cache_reads_and_writes(
 
 
 async def test_the_same_normalised_usage_survives_either_wire_format(
-    make_model: ModelFactory, server: FakeLLMServer, provider: str
+    make_model: ModelFactory, server: FakeLLMServer
 ) -> None:
     server.push(
         Reply(
@@ -94,8 +94,8 @@ async def test_the_same_normalised_usage_survives_either_wire_format(
     usage = (await make_model().complete(HELLO)).usage
 
     assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens) == (5_000, 40, 4_000)
-    # OpenAI reports reasoning tokens; the fake's Anthropic reply carries no thinking count.
-    assert usage.reasoning_tokens == (8 if provider == "openai" else 0)
+    # reasoning_tokens / output_tokens_details.thinking_tokens
+    assert usage.reasoning_tokens == 8
 
 
 async def test_servers_without_usage_details_are_fine(
@@ -204,7 +204,7 @@ def test_tool_results_merge_into_one_user_turn() -> None:
 
 
 def test_openai_messages_carry_tool_calls_and_results() -> None:
-    model = OpenAIModel("gpt-4o", api_key="k")
+    model = OpenAIModel("gpt-4o", api_key="k", api="chat")
     call = rlm.ToolCall("call_1", "execute_python", {"code": "print(1)"})
     request = rlm.ModelRequest(
         messages=(
