@@ -267,7 +267,7 @@ class _DemoPrinter:
             if event.error:
                 self._say(_indent(event.error.rstrip(), "  │ "), "red")
         elif isinstance(event, FinalAnswer):
-            self._say(f"FINAL answer given ({event.source}): {event.answer}", "bold")
+            self._say(f"FINAL answer given ({event.how}): {event.answer}", "bold")
 
 
 def _prose(text: str) -> str:

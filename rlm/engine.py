@@ -351,6 +351,9 @@ class _Run:
         self.errors: list[str | None] = []
         self.current_exec_id: str | None = None
         self.fatal: BaseException | None = None
+        # How the answer was read, when not plainly (see RLMResult).
+        self.resolved_variable: str | None = None
+        self.from_prose = False
         self.subcalls = SubcallRouter(self)
         self.started = time.perf_counter()
 
@@ -392,10 +395,11 @@ class _Run:
             try:
                 async with asyncio.timeout(deadline):
                     stop, answer = await self._loop(repl, messages)
+                    if stop.ask_for_final and answer is None:
+                        # Inside the deadline: the last reply's code runs too.
+                        answer = await self._ask_for_final(repl, messages)
             except TimeoutError:
                 stop = Stop("deadline", "the deadline passed", limit="max_seconds")
-            if stop.ask_for_final and answer is None:
-                answer = await self._ask_for_final(repl, messages)
         except asyncio.CancelledError:
             deadline_passed = self.ledger.budget.max_seconds is not None and (
                 self.ledger.remaining_seconds() == 0
@@ -463,7 +467,7 @@ class _Run:
             messages.append(reply)
             executions, outputs, final, source, last_error = await self._run_blocks(repl, parsed)
             if final is None and parsed.final is not None:
-                final, note = await self._resolve_marker(repl, parsed.final)
+                final, note, self.resolved_variable = await self._resolve_marker(repl, parsed.final)
                 source = "text"
                 if note:
                     outputs.append(note)
@@ -488,7 +492,11 @@ class _Run:
             if final is not None:
                 await self.emit(
                     FinalAnswer(
-                        **self._base(), answer=final, source=source, iteration=self.iteration
+                        **self._base(),
+                        answer=final,
+                        source=source,
+                        iteration=self.iteration,
+                        resolved_variable=self.resolved_variable,
                     )
                 )
             stop = self._check_termination(final)
@@ -567,39 +575,56 @@ class _Run:
 
     async def _resolve_marker(
         self, repl: Repl, marker: FinalMarker
-    ) -> tuple[str | None, str | None]:
+    ) -> tuple[str | None, str | None, str | None]:
+        """(answer, note for the model when there is none, the variable a bare
+        `FINAL(name)` was read from)."""
+        name = marker.bare_name
+        if name is not None:
+            found = await repl.lookup_variable(name)
+            if found.value is not None:
+                return found.value, None, name
         if marker.kind == "answer":
-            return marker.value, None
+            return marker.value, None, None
         lookup = await repl.lookup_variable(marker.value)
         if lookup.value is not None:
-            return lookup.value, None
-        return None, lookup.error
+            return lookup.value, None, None
+        return None, lookup.error, None
 
     async def _ask_for_final(self, repl: Repl, messages: list[Message]) -> str | None:
-        """One last request for the answer when the run is out of iterations."""
-        tool_mode = bool(self.config.parsing.tools())
-        ask = prompts.LAST_ITERATION_TOOLS if tool_mode else prompts.LAST_ITERATION
+        """One last request for the answer when the run is out of iterations.
+
+        Code in the reply runs first (a model may compute the answer there), in the same
+        REPL and under the same budget; then the marker is resolved. Failing both, the
+        reply's prose is the answer, flagged `from_prose`.
+        """
+        parsing = self.config.parsing
+        ask = prompts.LAST_ITERATION_TOOLS if parsing.tools() else prompts.LAST_ITERATION
         request = [*messages, Message("user", ask)]
         try:
             response = await self.call_model(
-                self.model,
-                self.model_info,
-                request,
-                purpose="final",
-                tools=self.config.parsing.tools(),
+                self.model, self.model_info, request, purpose="final", tools=parsing.tools()
             )
         except (BudgetExceeded, ProviderError):
             return None
-        marker = self.config.parsing.parse_last_answer(response)
-        answer: str | None
-        if marker is not None:
-            answer, _ = await self._resolve_marker(repl, marker)
-        else:
-            answer = response.text.strip() or None
+        _, _, answer, _, _ = await self._run_blocks(repl, parsing.parse(response))
+        if self.fatal is not None:
+            raise self.fatal
+        if answer is None:
+            marker = parsing.parse_last_answer(response)
+            if marker is not None:
+                answer, _, self.resolved_variable = await self._resolve_marker(repl, marker)
+        if answer is None:
+            answer = parsing.prose(response) or None
+            self.from_prose = answer is not None
         if answer is not None:
             await self.emit(
                 FinalAnswer(
-                    **self._base(), answer=answer, source="forced", iteration=self.iteration
+                    **self._base(),
+                    answer=answer,
+                    source="forced",
+                    iteration=self.iteration,
+                    resolved_variable=self.resolved_variable,
+                    from_prose=self.from_prose,
                 )
             )
         return answer
@@ -622,6 +647,8 @@ class _Run:
             duration_s=time.perf_counter() - self.started,
             run_id=self.run_id,
             limit=stop.limit,
+            resolved_variable=self.resolved_variable if answer is not None else None,
+            from_prose=self.from_prose and answer is not None,
             error=(
                 f"{type(error).__name__}: {error}"
                 if error is not None

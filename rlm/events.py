@@ -172,10 +172,27 @@ class SubcallFinished(BaseEvent):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FinalAnswer(BaseEvent):
+    """The run's answer. `source`: "code" (FINAL/FINAL_VAR called in code), "text" (a
+    marker in the reply), "forced" (the reply to the last-answer request after
+    `max_iterations`). `resolved_variable` names the REPL variable whose value answered
+    a bare `FINAL(name)`; `from_prose` says the last-answer reply gave no answer that
+    could be resolved, so the answer is that reply's text outside code."""
+
     kind: Literal["final_answer"] = "final_answer"
     answer: str
     source: Literal["code", "text", "forced"]
     iteration: int
+    resolved_variable: str | None = None
+    from_prose: bool = False
+
+    @property
+    def how(self) -> str:
+        """The source in words, with how the answer was read when that is not plain."""
+        if self.resolved_variable is not None:
+            return f"{self.source}, the value of variable {self.resolved_variable}"
+        if self.from_prose:
+            return f"{self.source}, from the reply's prose"
+        return self.source
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -53,6 +53,11 @@ class RLMResult:
     why it stopped and `limit` names the budget limit when one was hit. Token totals,
     `usage` (by model) and `cost_usd` cover the whole run tree: every sub-call and child
     run. `cost_usd` is None when any model used has no known price.
+
+    `resolved_variable` is set when the model answered `FINAL(name)` with the bare name
+    of an existing REPL variable: the answer is that variable's value. `from_prose` is
+    set when the reply to the last-answer request (after `max_iterations`) had no answer
+    that could be resolved, so `answer` is that reply's text outside code: a best effort.
     """
 
     answer: str | None
@@ -69,6 +74,8 @@ class RLMResult:
     run_id: str = ""
     limit: str | None = None
     error: str | None = None
+    resolved_variable: str | None = None
+    from_prose: bool = False
 
     @property
     def ok(self) -> bool:

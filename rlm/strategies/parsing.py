@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ast
 import json
+import keyword
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rlm.errors import ConfigurationError
@@ -36,11 +37,19 @@ class CodeBlock:
 
 @dataclass(frozen=True, slots=True)
 class FinalMarker:
-    """A final answer given in the reply: the answer text, or the name of a variable."""
+    """A final answer given in the reply: the answer text, or the name of a variable.
+
+    An `"answer"` whose value is exactly the name of an existing REPL variable (a model
+    writing `FINAL(total)` after computing `total`) is answered with that variable's
+    value, as `FINAL_VAR` would; `literal=True` marks a value that is text whatever it
+    says (a quoted `FINAL("total")`, a tool's `answer` argument). It is left out of
+    comparisons: two markers with the same kind and value are the same answer.
+    """
 
     kind: Literal["answer", "var"]
     value: str
     call_id: str | None = None
+    literal: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("answer", "var"):
@@ -53,6 +62,15 @@ class FinalMarker:
                 f"FinalMarker value must be a str, not {type(self.value).__name__}: "
                 "convert the answer to text (or give the variable's name)"
             )
+
+    @property
+    def bare_name(self) -> str | None:
+        """The variable an unquoted `FINAL(name)` may mean: the value, when it is a
+        Python name (not a keyword) and the marker is not `literal`; else None."""
+        if self.kind != "answer" or self.literal:
+            return None
+        name = self.value
+        return name if name.isidentifier() and not keyword.iskeyword(name) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +122,12 @@ class ParsingStrategy(ABC):
         """
         return self.parse(response).final
 
+    def prose(self, response: ModelResponse) -> str:
+        """The reply's text outside code: the answer of last resort, when the reply to
+        the last-answer request gives no answer the engine can resolve."""
+        _, masked = split_fences(response.text.replace("\r\n", "\n").replace("\r", "\n"))
+        return re.sub(r"\n{3,}", "\n\n", masked).strip()
+
 
 FENCE_INSTRUCTIONS = """\
 Write Python in fenced blocks tagged `repl`:
@@ -127,7 +151,6 @@ _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<in
 _MARKER = re.compile(r"(?m)^[ \t>#\-+*_]*?(?:\d+\.[ \t]+)?(?P<name>FINAL_VAR|FINAL)[ \t]*\(")
 _MARKER_ANYWHERE = re.compile(r"(?<![A-Za-z0-9_])(?P<name>FINAL_VAR|FINAL)[ \t]*\(")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _strip_indent(line: str, indent: str) -> str:
@@ -234,7 +257,8 @@ def find_final_marker(text: str, *, anywhere: bool = False) -> FinalMarker | Non
             continue
         inner = text[offset:close].strip()
         if match["name"] == "FINAL":
-            return FinalMarker("answer", _unquote(inner))
+            answer = _unquote(inner)
+            return FinalMarker("answer", answer, literal=answer != inner)
         name = _unquote(inner).strip()
         return FinalMarker("var", name)
     return None
@@ -340,7 +364,7 @@ class ToolCallingParser(ParsingStrategy):
                 variable = _tool_argument(call, "variable")
                 answer = _tool_argument(call, "answer")
                 if answer is not None:
-                    final = FinalMarker("answer", answer, call_id=call.id)
+                    final = FinalMarker("answer", answer, call_id=call.id, literal=True)
                 elif variable:
                     final = FinalMarker("var", variable.strip(), call_id=call.id)
                 else:

@@ -295,7 +295,7 @@ class ConsoleView:
                     0,
                     Panel(
                         Text(event.answer),
-                        title=f"final answer ({event.source})",
+                        title=f"final answer ({event.how})",
                         title_align="left",
                         border_style="green",
                     ),

@@ -177,7 +177,11 @@ def event_fields(event: Event, *, include_content: bool = False) -> dict[str, An
         content["response"] = event.response
     elif isinstance(event, FinalAnswer):
         fields.update(
-            source=event.source, iteration=event.iteration, answer_chars=len(event.answer)
+            source=event.source,
+            iteration=event.iteration,
+            answer_chars=len(event.answer),
+            resolved_variable=event.resolved_variable,
+            from_prose=event.from_prose,
         )
         content["answer"] = event.answer
     elif isinstance(event, RunFinished):
