@@ -34,6 +34,7 @@ from rlm.events import (
     ModelCallStarted,
     ModelRetry,
     OnEvent,
+    ReplViolation,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -549,6 +550,8 @@ class _Run:
             finally:
                 self.current_exec_id = None
             self.ledger.record_execution()
+            if result.violation is not None:
+                await self._violation(exec_id, result.violation, result.error)
             await self.emit(
                 CodeExecuted(
                     **self._base(),
@@ -573,6 +576,11 @@ class _Run:
                 break
         return executions, outputs, None, "code", last_error
 
+    async def _violation(self, exec_id: str | None, limit: str, message: str | None) -> None:
+        await self.emit(
+            ReplViolation(**self._base(), exec_id=exec_id, limit=limit, message=message or "")
+        )
+
     async def _resolve_marker(
         self, repl: Repl, marker: FinalMarker
     ) -> tuple[str | None, str | None, str | None]:
@@ -586,6 +594,8 @@ class _Run:
         if marker.kind == "answer":
             return marker.value, None, None
         lookup = await repl.lookup_variable(marker.value)
+        if lookup.violation is not None:
+            await self._violation(None, lookup.violation, lookup.error)
         if lookup.value is not None:
             return lookup.value, None, None
         return None, lookup.error, None

@@ -146,6 +146,18 @@ class CodeExecuted(BaseEvent):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ReplViolation(BaseEvent):
+    """The REPL worker went past a bound of the host (`limit`: a `ReplLimits` name such
+    as "bytes_in_flight", or "protocol") and was killed; its variables are lost.
+    `exec_id` is the block it happened in (None: while reading a `FINAL_VAR`)."""
+
+    kind: Literal["repl_violation"] = "repl_violation"
+    exec_id: str | None
+    limit: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SubcallStarted(BaseEvent):
     kind: Literal["subcall_started"] = "subcall_started"
     subcall_id: str
@@ -216,6 +228,7 @@ Event: TypeAlias = (
     | ModelRetry
     | CodeStarted
     | CodeExecuted
+    | ReplViolation
     | SubcallStarted
     | SubcallFinished
     | FinalAnswer
@@ -231,6 +244,7 @@ EventKind: TypeAlias = Literal[
     "model_retry",
     "code_started",
     "code_executed",
+    "repl_violation",
     "subcall_started",
     "subcall_finished",
     "final_answer",
@@ -248,6 +262,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         ModelRetry,
         CodeStarted,
         CodeExecuted,
+        ReplViolation,
         SubcallStarted,
         SubcallFinished,
         FinalAnswer,

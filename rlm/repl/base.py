@@ -38,7 +38,10 @@ class ExecutionResult:
     `stdout`/`stderr` are the captured text (bounded: `*_chars` give the true lengths);
     `error` is the traceback (line numbers point into the block) or a one-line note when
     the worker died; `final` is the answer given with `FINAL`/`FINAL_VAR` in this block;
-    `restarted` says a fresh worker replaced a dead one, so the variables were lost.
+    `restarted` says a fresh worker replaced a dead one, so the variables were lost;
+    `violation` names the host's bound the worker broke when that was why (see
+    `ReplLimits`: "frame_bytes", "bytes_in_flight", "pending_calls", "json_depth",
+    "answer_chars", or "protocol" for a message that is not one).
     """
 
     stdout: str
@@ -49,14 +52,17 @@ class ExecutionResult:
     stdout_chars: int = 0
     stderr_chars: int = 0
     restarted: bool = False
+    violation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class VariableLookup:
-    """The text of a REPL variable for `FINAL_VAR`, or why there is none."""
+    """The text of a REPL variable for `FINAL_VAR`, or why there is none (`violation`
+    as in `ExecutionResult`)."""
 
     value: str | None
     error: str | None = None
+    violation: str | None = None
 
 
 class ReplHost(Protocol):

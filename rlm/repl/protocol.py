@@ -8,7 +8,8 @@ big-endian length, then the payload.
   needs no import for it): the worker trusts the host.
 - Worker -> host payloads are UTF-8 JSON objects: the worker runs code the host does not
   trust, so the host never unpickles anything that comes from it, checks every field, and
-  refuses frames larger than `MAX_FRAME`.
+  bounds what it holds (`ReplLimits`: bytes of frames in flight in all, pending calls,
+  JSON nesting, answer size; every frame kind alike). A worker past a bound is killed.
 
 Messages (`op` names the kind):
 
@@ -35,8 +36,6 @@ import struct
 HEADER = struct.Struct(">I")
 # The largest frame either side accepts: outputs are capped well below this in the worker.
 MAX_FRAME = 256 * 1024 * 1024
-# The largest FINAL answer or variable text the worker sends back.
-MAX_ANSWER_CHARS = 64 * 1024 * 1024
 
 # The worker's exit status when it can no longer write to the host (its pipe was closed).
 EXIT_LOST_CONNECTION = 86

@@ -81,6 +81,21 @@ class ReplLimits:
         output_chars: stdout (and stderr) characters kept per block, head and tail; the
             true length is always reported.
         file_size_mb: the largest file the code may write (RLIMIT_FSIZE). None: no limit.
+        scratch_mb: size of the scratch folder (a tmpfs under bwrap). It lives in memory,
+            so it is counted in `memory_mb`: the code may allocate `memory_mb - scratch_mb`.
+            None: 256 MB, or a quarter of `memory_mb` if that is less.
+        scratch_inodes: files and folders the scratch folder may hold (bwrap, host root).
+
+    What a worker can make the host hold is bounded too; past any of these the worker is
+    killed and replaced (its variables are lost), the model is told in one line and a
+    `ReplViolation` event is emitted:
+
+    Args:
+        host_buffer_mb: bytes of the worker's frames the host holds at once: the frame
+            being read plus every sub-call being served (a total, not per frame).
+        max_pending_calls: sub-calls one worker may have in flight at once.
+        json_depth: how deeply a frame's JSON may nest (the protocol needs 3).
+        answer_chars: the longest `FINAL` answer or `FINAL_VAR` text the host accepts.
     """
 
     wall_seconds: float = 60.0
@@ -90,6 +105,12 @@ class ReplLimits:
     max_processes: int | None = 64
     output_chars: int = 2_000_000
     file_size_mb: int | None = 1024
+    scratch_mb: int | None = None
+    scratch_inodes: int = 16_384
+    host_buffer_mb: int = 512
+    max_pending_calls: int = 4096
+    json_depth: int = 32
+    answer_chars: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float | None, optional: bool = False) -> None:
@@ -111,6 +132,48 @@ class ReplLimits:
         positive("cpu_seconds", self.cpu_seconds, optional=True)
         positive("file_size_mb", self.file_size_mb, optional=True)
         positive("output_chars", self.output_chars)
+        positive("scratch_mb", self.scratch_mb, optional=True)
+        for name in (
+            "scratch_inodes",
+            "host_buffer_mb",
+            "max_pending_calls",
+            "json_depth",
+            "answer_chars",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(
+                    f"ReplLimits.{name} must be a positive integer, not {value!r}"
+                )
+        if self.json_depth < 4:
+            raise ConfigurationError(
+                "ReplLimits.json_depth must be at least 4 (the protocol itself nests 3 deep)"
+            )
+        if (
+            self.memory_mb is not None
+            and self.scratch_mb is not None
+            and self.scratch_mb >= self.memory_mb
+        ):
+            raise ConfigurationError(
+                f"ReplLimits.scratch_mb ({self.scratch_mb}) is counted in memory_mb "
+                f"({self.memory_mb}) and must be smaller than it"
+            )
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The scratch folder's size quota."""
+        if self.scratch_mb is not None:
+            return self.scratch_mb << 20
+        if self.memory_mb is None:
+            return 256 << 20
+        return min(256 << 20, self.memory_mb << 18)
+
+    @property
+    def code_memory_mb(self) -> int | None:
+        """Address space the code may allocate: `memory_mb` less the scratch folder."""
+        if self.memory_mb is None:
+            return None
+        return max(1, self.memory_mb - (self.scratch_bytes >> 20))
         if self.max_processes is not None and (
             not isinstance(self.max_processes, int) or self.max_processes < 4
         ):

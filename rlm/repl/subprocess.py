@@ -25,6 +25,7 @@ import asyncio
 import codecs
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -58,26 +59,47 @@ __all__ = ["ReplLimits", "SubprocessRepl"]
 logger = logging.getLogger("rlm.repl")
 
 STDERR_TAIL = 4000
-# Sub-calls one worker may have in flight at once; past this they fail at once.
-MAX_CALLS_IN_FLIGHT = 4096
 
 
 # -- the host's end of one worker, attached to an event loop ---------------------------------
 
 
 class _WorkerGone(Exception):
-    """The worker ended, or broke the protocol, so it is being replaced."""
+    """The worker ended, or broke the protocol or a bound of the host (`violation`: the
+    name of the bound, or "protocol"), so it is being replaced."""
 
-    def __init__(self, reason: str = "", *, protocol: bool = False) -> None:
+    def __init__(
+        self, reason: str = "", *, protocol: bool = False, violation: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.protocol = protocol
+        self.protocol = protocol or violation is not None
+        self.violation = violation or ("protocol" if protocol else None)
+
+
+def _over(limit: str, reason: str) -> _WorkerGone:
+    return _WorkerGone(reason, violation=limit)
+
+
+def _nesting_within(value: object, limit: int) -> bool:
+    """Whether `value` (decoded JSON) nests no deeper than `limit` (only containers are
+    walked, so long strings cost nothing)."""
+    stack: list[tuple[dict[Any, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        stack.append((value, 1))
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
 
 
 _STR_OR_NONE = (str, type(None))
 
 
-def _check_message(message: object) -> dict[str, Any]:
+def _check_message(message: object, limits: ReplLimits) -> dict[str, Any]:
     """The worker is untrusted: every message is checked before it is used."""
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise _WorkerGone("a message that is not an object with an 'op'", protocol=True)
@@ -96,6 +118,7 @@ def _check_message(message: object) -> dict[str, Any]:
             need(name, int)
         need("error", _STR_OR_NONE)
         need("final", _STR_OR_NONE)
+        _answer_within(message["final"], limits)
     elif op == "call":
         need("id", int)
         need("model", _STR_OR_NONE)
@@ -111,6 +134,7 @@ def _check_message(message: object) -> dict[str, Any]:
     elif op == "lookup_result":
         need("value", _STR_OR_NONE)
         need("error", _STR_OR_NONE)
+        _answer_within(message["value"], limits)
     elif op == "load_failed":
         need("error", str)
     elif op not in ("spawned", "loaded"):
@@ -118,12 +142,31 @@ def _check_message(message: object) -> dict[str, Any]:
     return message
 
 
-class _Connection:
-    """Frames in and out of one worker on the current event loop, and its fd 1/2 output."""
+def _answer_within(answer: str | None, limits: ReplLimits) -> None:
+    if answer is not None and len(answer) > limits.answer_chars:
+        raise _over(
+            "answer_chars",
+            f"an answer of {len(answer):,} characters (answer_chars allows "
+            f"{limits.answer_chars:,})",
+        )
 
-    def __init__(self, process: WorkerProcess, host: ReplHost, output_chars: int) -> None:
+
+class _Connection:
+    """Frames in and out of one worker on the current event loop, and its fd 1/2 output.
+
+    The frame reader bounds what the worker can make the host hold, the same way for
+    every kind of frame: the frame being read plus the frames of sub-calls still being
+    served may not pass `ReplLimits.host_buffer_mb` in all (checked from the header,
+    before the body is read), nor calls in flight `max_pending_calls`, nor JSON nesting
+    `json_depth`. Past a bound the worker is killed at once.
+    """
+
+    def __init__(self, process: WorkerProcess, host: ReplHost, limits: ReplLimits) -> None:
         self.process = process
         self.host = host
+        self.limits = limits
+        self._buffer_cap = limits.host_buffer_mb << 20
+        self._held = 0  # bytes of frames whose sub-calls are still being served
         self.loop = asyncio.get_running_loop()
         self._inbox = bytearray()
         self._outbox = bytearray()
@@ -132,7 +175,7 @@ class _Connection:
         self.gone: _WorkerGone | None = None
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.calls: set[asyncio.Task[None]] = set()
-        half = max(1, output_chars // 2)
+        half = max(1, limits.output_chars // 2)
         self._half = half
         self.fd_stdout = OutputBuffer(half, half)
         self.fd_stderr = OutputBuffer(half, half)
@@ -205,38 +248,49 @@ class _Connection:
 
     def _parse_inbox(self) -> None:
         try:
-            while len(self._inbox) >= HEADER.size:
+            while len(self._inbox) >= HEADER.size and self.gone is None:
                 (size,) = HEADER.unpack_from(self._inbox)
                 if size > MAX_FRAME:
-                    raise _WorkerGone(f"a frame of {size:,} bytes", protocol=True)
+                    raise _over("frame_bytes", f"a frame of {size:,} bytes")
+                if self._held + size > self._buffer_cap:
+                    raise _over(
+                        "bytes_in_flight",
+                        f"a frame of {size:,} bytes while the host held {self._held:,} "
+                        f"(host_buffer_mb allows {self.limits.host_buffer_mb:,} MB in all)",
+                    )
                 if len(self._inbox) < HEADER.size + size:
                     break
                 payload = self._inbox[HEADER.size : HEADER.size + size]
                 del self._inbox[: HEADER.size + size]
-                try:
-                    message = json.loads(payload.decode("utf-8", "surrogatepass"))
-                except ValueError:
-                    raise _WorkerGone("a frame that is not JSON", protocol=True) from None
-                self._dispatch(_check_message(message))
+                self._dispatch(self._decode(payload), size)
         except _WorkerGone as gone:
             self._fail(gone)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _decode(self, payload: bytearray) -> dict[str, Any]:
+        depth = self.limits.json_depth
+        try:
+            message = json.loads(payload.decode("utf-8", "surrogatepass"))
+        except RecursionError:
+            raise _over("json_depth", f"a frame nested deeper than {depth} levels") from None
+        except ValueError:
+            raise _WorkerGone("a frame that is not JSON", protocol=True) from None
+        if not _nesting_within(message, depth):
+            raise _over("json_depth", f"a frame nested deeper than {depth} levels")
+        return _check_message(message, self.limits)
+
+    def _dispatch(self, message: dict[str, Any], size: int) -> None:
         op = message["op"]
         if op == "call":
-            if len(self.calls) >= MAX_CALLS_IN_FLIGHT:
-                self.send(
-                    {
-                        "op": "reply",
-                        "id": message["id"],
-                        "ok": False,
-                        "error": f"more than {MAX_CALLS_IN_FLIGHT} sub-calls at once",
-                    }
+            if len(self.calls) >= self.limits.max_pending_calls:
+                raise _over(
+                    "pending_calls",
+                    f"more than {self.limits.max_pending_calls:,} sub-calls at once "
+                    "(max_pending_calls)",
                 )
-                return
+            self._held += size
             task = self.loop.create_task(self._serve_call(message))
             self.calls.add(task)
-            task.add_done_callback(self.calls.discard)
+            task.add_done_callback(functools.partial(self._call_done, size))
             return
         key = {"loaded": "load", "load_failed": "load", "done": "exec"}.get(op, op)
         if op == "done":
@@ -244,6 +298,10 @@ class _Connection:
         waiter = self.waiters.pop(key, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
+
+    def _call_done(self, size: int, task: asyncio.Task[None]) -> None:
+        self.calls.discard(task)
+        self._held -= size
 
     async def _serve_call(self, message: dict[str, Any]) -> None:
         fn, model = message["fn"], message["model"]
@@ -268,6 +326,12 @@ class _Connection:
         if self.gone is None:
             self.gone = gone
         self.detach()
+        if gone.violation is not None:
+            # Stop it at once: it holds nothing the run can still use.
+            self._inbox.clear()
+            self.process.send_kill()
+            for task in self.calls:
+                task.cancel()
         for waiter in self.waiters.values():
             if not waiter.done():
                 waiter.set_exception(self.gone)
@@ -484,7 +548,7 @@ class SubprocessRepl:
         if self._closed:
             await asyncio.to_thread(process.dispose)
             raise ReplError("the REPL was closed while starting")
-        self._conn = _Connection(process, self._host, self.limits.output_chars)
+        self._conn = _Connection(process, self._host, self.limits)
         self._replenish = _when_to_replenish(self._context, spare) if self._prestart else "never"
         if self._replenish == "now":
             workers.pool.replenish(self._config)
@@ -501,6 +565,13 @@ class SubprocessRepl:
             nproc = limits.max_processes
         return {
             "memory_mb": limits.memory_mb,
+            # Under bwrap the scratch folder is a tmpfs, in memory: it counts.
+            "code_memory_mb": (
+                limits.code_memory_mb
+                if process.config.isolation == "bwrap"
+                else limits.memory_mb
+            ),
+            "answer_chars": limits.answer_chars,
             "cpu_seconds": limits.cpu_seconds,
             "file_size_mb": limits.file_size_mb,
             "output_chars": limits.output_chars,
@@ -574,6 +645,12 @@ class SubprocessRepl:
     async def _exit_line(self, conn: _Connection, gone: _WorkerGone | None) -> str:
         """Why the worker ended, in one line (waits briefly for it to exit)."""
         process = conn.process
+        if gone is not None and gone.violation not in (None, "protocol"):
+            await asyncio.to_thread(process.kill)
+            return (
+                f"The REPL worker was killed for going past a limit of the host: it sent "
+                f"{gone.reason}. Every variable you made is gone."
+            )
         if gone is not None and gone.protocol:
             await asyncio.to_thread(process.kill)
             return (
@@ -621,7 +698,8 @@ class SubprocessRepl:
         if conn.gone is not None:
             # It died between blocks (a background thread, the OOM killer...): replace it
             # first, run the block on the new one, and say what happened.
-            line = await self._exit_line(conn, conn.gone)
+            gone = conn.gone
+            line = await self._exit_line(conn, gone)
             await self._restart(conn)
             result = await self._execute(code)
             note = f"{line} (This happened before the block ran.)\n"
@@ -630,6 +708,7 @@ class SubprocessRepl:
                 stderr=note + result.stderr,
                 stderr_chars=len(note) + result.stderr_chars,
                 restarted=True,
+                violation=result.violation or gone.violation,
             )
         limits = self.limits
         exec_id = next(self._exec_ids)
@@ -664,7 +743,9 @@ class SubprocessRepl:
         except _WorkerGone as gone:
             line = await self._exit_line(conn, gone)
             fd_out, fd_err = conn.take_fd_output()
-            return await self._after_death(conn, line, fd_out, fd_err, started)
+            return await self._after_death(
+                conn, line, fd_out, fd_err, started, violation=gone.violation
+            )
         fd_out, fd_err = conn.take_fd_output()
         error: str | None = message["error"]
         if interrupted:
@@ -692,6 +773,7 @@ class SubprocessRepl:
         fd_out: OutputBuffer,
         fd_err: OutputBuffer,
         started: float,
+        violation: str | None = None,
     ) -> ExecutionResult:
         logger.info("REPL worker replaced: %s", line)
         await self._restart(conn)
@@ -703,6 +785,7 @@ class SubprocessRepl:
             stdout_chars=fd_out.total_chars,
             stderr_chars=fd_err.total_chars,
             restarted=True,
+            violation=violation,
         )
 
     async def lookup_variable(self, name: str) -> VariableLookup:
@@ -736,7 +819,9 @@ class SubprocessRepl:
                 line = await self._exit_line(conn, gone)
                 await self._restart(conn)
                 return VariableLookup(
-                    value=None, error=f"{line} Every variable is gone; `context` is reloaded."
+                    value=None,
+                    error=f"{line} Every variable is gone; `context` is reloaded.",
+                    violation=gone.violation,
                 )
             if interrupted and message["value"] is None:
                 return VariableLookup(

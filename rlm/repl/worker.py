@@ -384,9 +384,10 @@ def _apply_limits(limits: dict[str, Any]) -> None:
         # of the user's processes, so the allowance goes on top of what they run now.
         base = _user_tasks() if limits.get("nproc_shared") else 0
         _set_limit("RLIMIT_NPROC", base + int(limits["nproc"]))
-    if limits.get("memory_mb") is not None:
-        # On top of what the worker holds once the context is loaded.
-        _set_limit("RLIMIT_AS", _vm_size() + (int(limits["memory_mb"]) << 20))
+    if limits.get("code_memory_mb") is not None:
+        # On top of what the worker holds once the context is loaded (the scratch tmpfs,
+        # which lives in memory too, is already taken off by the host).
+        _set_limit("RLIMIT_AS", _vm_size() + (int(limits["code_memory_mb"]) << 20))
 
 
 def _user_tasks() -> int:
@@ -422,8 +423,6 @@ def _serve(state: _State) -> None:
     from rlm.repl.base import LLMQueryError
     from rlm.repl.namespace import Namespace
     from rlm.repl.output import OutputBuffer, cut_middle
-    from rlm.repl.protocol import MAX_ANSWER_CHARS
-
     namespace: Namespace | None = None
     limits = state.limits
 
@@ -443,10 +442,11 @@ def _serve(state: _State) -> None:
         return cut_middle(text, int(limits.get("output_chars", 2_000_000)))
 
     def answer(value: str | None) -> tuple[str | None, str | None]:
-        if value is not None and len(value) > MAX_ANSWER_CHARS:
+        most = int(limits.get("answer_chars", 64 << 20))
+        if value is not None and len(value) > most:
             return None, (
                 f"the answer is {len(value):,} characters, more than the REPL can hand back "
-                f"({MAX_ANSWER_CHARS:,}); give a shorter answer"
+                f"({most:,}); give a shorter answer"
             )
         return value, None
 

@@ -43,6 +43,7 @@ from rlm.events import (
     ModelCallFinished,
     ModelCallStarted,
     ModelRetry,
+    ReplViolation,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -267,6 +268,11 @@ class ConsoleView:
                     f"{event.error_type}: {event.error[:200]}",
                     "yellow",
                 ),
+            )
+        elif isinstance(event, ReplViolation):
+            self._print(
+                run.depth,
+                Text(f"REPL worker killed ({event.limit}): {event.message[:300]}", "red"),
             )
         elif isinstance(event, CodeStarted):
             run.code_this_iteration = True

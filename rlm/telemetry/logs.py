@@ -35,6 +35,7 @@ from rlm.events import (
     ModelCallFinished,
     ModelCallStarted,
     ModelRetry,
+    ReplViolation,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -58,7 +59,7 @@ def event_level(event: Event) -> int:
     """The stdlib level an event is logged at."""
     if isinstance(event, RunFailed):
         return logging.ERROR
-    if isinstance(event, ModelRetry):
+    if isinstance(event, ModelRetry | ReplViolation):
         return logging.WARNING
     if isinstance(event, ModelCallFinished):
         if event.error_type is not None:
@@ -137,6 +138,8 @@ def event_fields(event: Event, *, include_content: bool = False) -> dict[str, An
             error_type=event.error_type,
             error=event.error,
         )
+    elif isinstance(event, ReplViolation):
+        fields.update(exec_id=event.exec_id, limit=event.limit, error=event.message)
     elif isinstance(event, CodeStarted):
         fields.update(exec_id=event.exec_id, iteration=event.iteration, index=event.index)
         content["code"] = event.code

@@ -54,6 +54,7 @@ from rlm.events import (
     ModelCallFinished,
     ModelCallStarted,
     ModelRetry,
+    ReplViolation,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -164,6 +165,7 @@ class OTelSubscriber:
             "model_retry": self._model_retry,
             "code_started": self._code_started,
             "code_executed": self._code_executed,
+            "repl_violation": self._repl_violation,
             "subcall_started": self._subcall_started,
             "subcall_finished": self._subcall_finished,
             "final_answer": self._final_answer,
@@ -411,6 +413,16 @@ class OTelSubscriber:
         opened = self._start(sc.SPAN_CODE, state.run.ctx, SpanKind.INTERNAL, attrs, e.timestamp)
         self._execs[e.exec_id] = opened
         state.open[e.exec_id] = opened
+
+    def _repl_violation(self, e: ReplViolation) -> None:
+        opened = self._execs.get(e.exec_id) if e.exec_id else None
+        target = opened or self._runs[e.run_id].run
+        assert target is not None
+        target.span.add_event(
+            sc.EVENT_REPL_VIOLATION,
+            {sc.RLM_REPL_LIMIT: e.limit, sc.RLM_ERROR_MESSAGE: e.message},
+            timestamp=_ns(e.timestamp),
+        )
 
     def _code_executed(self, e: CodeExecuted) -> None:
         opened = self._execs.pop(e.exec_id, None)

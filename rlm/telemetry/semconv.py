@@ -112,6 +112,8 @@ RLM_SUBCALL_PROMPT: Final = "rlm.subcall.prompt"
 
 EVENT_ITERATION: Final = "rlm.iteration.started"
 EVENT_RETRY: Final = "rlm.model_call.retry"
+EVENT_REPL_VIOLATION: Final = "rlm.repl.violation"
+RLM_REPL_LIMIT: Final = "rlm.repl.limit"
 EVENT_FINAL_ANSWER: Final = "rlm.final_answer"
 EVENT_SUBCALL_FAILED: Final = "rlm.subcall.failed"
 

@@ -43,6 +43,7 @@ from rlm.events import (
     ModelCallFinished,
     ModelCallStarted,
     ModelRetry,
+    ReplViolation,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -206,6 +207,7 @@ class CodeRecord:
     error: str | None = None
     duration_s: float | None = None
     restarted: bool = False
+    violation: str | None = None
     subcalls: list[SubcallRecord] = field(default_factory=list)
 
 
@@ -486,6 +488,9 @@ class _Builder:
             self.iteration(run, event.iteration, event.timestamp).code.append(code)
         elif isinstance(event, CodeExecuted):
             self.code_executed(run, event)
+        elif isinstance(event, ReplViolation):
+            if event.exec_id is not None and event.exec_id in self.codes:
+                self.codes[event.exec_id].violation = event.limit
         elif isinstance(event, SubcallStarted):
             self.subcall_started(run, event)
         elif isinstance(event, SubcallFinished):

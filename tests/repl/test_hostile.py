@@ -9,18 +9,22 @@ writes to /etc, no traffic to public addresses).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from _support import ISOLATIONS, TEST_LIMITS, Recorder, code, processes_bounded, repl_factory
 
 import rlm
+from rlm import Event, Model, ModelRequest
+from rlm.events import ReplViolation
 from rlm.repl import ReplLimits
-from rlm.testing import ScriptedModel
+from rlm.testing import FunctionModel, ScriptedModel
 
 pytestmark = pytest.mark.parametrize("isolation", ISOLATIONS)
 
@@ -28,16 +32,113 @@ RESTART_NOTE = "every variable you made is gone"
 
 
 def run_hostile(
-    isolation: str, block: str, *after: str, limits: ReplLimits = TEST_LIMITS, context: object = "c"
+    isolation: str,
+    block: str,
+    *after: str,
+    limits: ReplLimits = TEST_LIMITS,
+    context: object = "c",
+    events: list[Event] | None = None,
+    sub_model: Model | None = None,
 ) -> list[str]:
     """Run `block`, then each of `after`, then answer; return what the model saw each time."""
     steps = [Recorder(code(src)) for src in after]
     last = Recorder("FINAL(still alive)")
     model = ScriptedModel([code(block), *steps, last])
-    result = rlm.run("q", context, model=model, repl=repl_factory(isolation, limits))
+    result = rlm.run(
+        "q",
+        context,
+        model=model,
+        sub_model=sub_model,
+        repl=repl_factory(isolation, limits),
+        on_event=events.append if events is not None else None,
+    )
     assert result.answer == "still alive", result
     assert result.stop_reason == "final"
     return [s.message for s in [*steps, last]]
+
+
+def violations(events: list[Event]) -> list[str]:
+    return [e.limit for e in events if isinstance(e, ReplViolation)]
+
+
+KILLED = "killed for going past a limit of the host"
+
+
+def forge(frames: str) -> str:
+    """Model code that writes `frames` (an expression giving a list of bytes payloads)
+    straight onto the worker's protocol pipe, as hostile code that found it would."""
+    return (
+        "import os, sys, json\nx = 1\nfd = int(sys.argv[3])\n"
+        f"for payload in {frames}:\n"
+        "    os.write(fd, len(payload).to_bytes(4, 'big') + payload)\n"
+        "import time\ntime.sleep(1)\nprint('NOT KILLED')"
+    )
+
+
+def _call(i: int, prompt_chars: int) -> str:
+    return (
+        f"json.dumps({{'op': 'call', 'id': 10**6 + {i}, 'fn': 'llm_query', "
+        f"'prompt': 'p' * {prompt_chars}, 'model': None}}).encode()"
+    )
+
+
+async def _never_answers(request: ModelRequest) -> str:
+    await asyncio.sleep(60)
+    return "late"
+
+
+def test_forged_frames_are_bounded_in_total(isolation: str) -> None:
+    # Six forged 20 MB sub-calls that the host must serve at once: past host_buffer_mb
+    # (64 MB here, a total over frames in flight) the worker is killed.
+    limits = replace(TEST_LIMITS, host_buffer_mb=64)
+    events: list[Event] = []
+    sub = FunctionModel(_never_answers)
+    frames = f"[{_call(1, 20 << 20)}] * 6"
+    told, after = run_hostile(
+        isolation, forge(frames), "print('x' in dir())", limits=limits, events=events, sub_model=sub
+    )
+    assert KILLED in told and "host_buffer_mb allows 64 MB" in told
+    assert "Every variable you made is gone" in told and "NOT KILLED" not in told
+    assert violations(events) == ["bytes_in_flight"]
+    assert len(sub.calls) <= 3  # the host held at most three of the six
+    assert "False" in after  # a fresh worker: the run went on, `x` is gone
+
+
+@pytest.mark.parametrize(
+    "frames, limit",
+    [
+        ("[b'{' * 10]  # announced below", "frame_bytes"),
+        ("[b'[' * 200_000 + b']' * 200_000]", "json_depth"),
+        ("[b'{\"op\": \"spawned\", \"x\": ' + b'[' * 40 + b']' * 40 + b'}']", "json_depth"),
+        ("[b'{\"op\":\"done\",\"id\":1,\"stdout\":\"\",\"stderr\":\"\",\"stdout_chars\":0,"
+         "\"stderr_chars\":0,\"error\":null,\"final\":\"' + b'a' * 5000 + b'\"}']",
+         "answer_chars"),
+        (f"[{_call(2, 10)}] * 20", "pending_calls"),
+    ],
+    ids=["huge-header", "deep-json-recursion", "deep-json", "long-answer", "many-calls"],
+)
+def test_each_bound_of_the_host_kills_the_worker(isolation: str, frames: str, limit: str) -> None:
+    limits = replace(TEST_LIMITS, answer_chars=1000, max_pending_calls=8)
+    block = forge(frames)
+    if limit == "frame_bytes":
+        # Only a header announcing 300 MB: the host refuses before reading any body.
+        block = (
+            "import os, sys\nx = 1\nos.write(int(sys.argv[3]), (300 << 20).to_bytes(4, 'big'))"
+            "\nimport time\ntime.sleep(1)\nprint('NOT KILLED')"
+        )
+    events: list[Event] = []
+    told, after = run_hostile(
+        isolation,
+        block,
+        "print('x' in dir())",
+        limits=limits,
+        events=events,
+        sub_model=FunctionModel(_never_answers),
+    )
+    assert KILLED in told and "Every variable you made is gone" in told, told
+    assert "NOT KILLED" not in told
+    assert violations(events) == [limit]
+    assert "False" in after
 
 
 @pytest.mark.slow
@@ -111,7 +212,9 @@ def test_segfault_restarts_the_worker(isolation: str) -> None:
 
 @pytest.mark.slow
 def test_printing_a_gigabyte_is_capped(isolation: str) -> None:
-    limits = ReplLimits(wall_seconds=20, grace_seconds=0.5, memory_mb=2048, output_chars=100_000)
+    limits = ReplLimits(
+        wall_seconds=20, grace_seconds=0.5, memory_mb=2048, scratch_mb=16, output_chars=100_000
+    )
     told, fd_flood = run_hostile(
         isolation, "print('x' * 10**9)", "import os\nos.write(1, b'y' * 10**8)", limits=limits
     )
