@@ -158,6 +158,13 @@ class ReplLimits:
                 f"ReplLimits.scratch_mb ({self.scratch_mb}) is counted in memory_mb "
                 f"({self.memory_mb}) and must be smaller than it"
             )
+        if self.max_processes is not None and (
+            not isinstance(self.max_processes, int) or self.max_processes < 4
+        ):
+            raise ConfigurationError(
+                "ReplLimits.max_processes must be an integer >= 4 (the worker itself uses "
+                f"a few), or None, not {self.max_processes!r}"
+            )
 
     @property
     def scratch_bytes(self) -> int:
@@ -174,13 +181,6 @@ class ReplLimits:
         if self.memory_mb is None:
             return None
         return max(1, self.memory_mb - (self.scratch_bytes >> 20))
-        if self.max_processes is not None and (
-            not isinstance(self.max_processes, int) or self.max_processes < 4
-        ):
-            raise ConfigurationError(
-                "ReplLimits.max_processes must be an integer >= 4 (the worker itself uses "
-                f"a few), or None, not {self.max_processes!r}"
-            )
 
 
 # -- environment -----------------------------------------------------------------------------

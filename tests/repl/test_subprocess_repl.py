@@ -311,7 +311,15 @@ async def _run_once(isolation: str, block: str) -> ExecutionResult:
 
 
 def test_limits_are_checked() -> None:
-    for bad in ({"wall_seconds": 0}, {"memory_mb": -1}, {"max_processes": 2}, {"cpu_seconds": "1"}):
+    for bad in (
+        {"wall_seconds": 0},
+        {"memory_mb": -1},
+        {"max_processes": 2},
+        {"cpu_seconds": "1"},
+        {"json_depth": 2},
+        {"host_buffer_mb": 0},
+        {"memory_mb": 512, "scratch_mb": 512},
+    ):
         with pytest.raises(ConfigurationError):
             ReplLimits(**bad)  # type: ignore[arg-type]
     with pytest.raises(ReplError):
