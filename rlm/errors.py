@@ -11,6 +11,7 @@ RLMError
 │   ├── ContextTooLongError     the request does not fit the model's window
 │   ├── BadRequestError         400/404/422: the request was refused
 │   ├── ProviderUnavailableError  5xx/529, timeouts, connection errors after every retry
+│   │   └── IncompleteReplyError  a streamed reply broke off (what arrived is kept)
 │   └── MalformedResponseError  the reply could not be read
 ├── BudgetExceeded              a Budget limit was reached (the run stops with "budget"/"deadline")
 ├── ScriptError                 a ScriptedModel ran out of steps or has steps left over
@@ -78,6 +79,28 @@ class BadRequestError(ProviderError):
 
 class ProviderUnavailableError(ProviderError):
     """The provider could not be reached or kept failing (5xx, timeouts, connection)."""
+
+
+class IncompleteReplyError(ProviderUnavailableError):
+    """A streamed reply broke off before its end.
+
+    `partial_text` is the text that had arrived; `output_began` says whether any output
+    (text, thinking or a tool call) had, which means it was generated and billed. Such a
+    reply is retried only as `RetryPolicy.max_interrupted_retries` allows; one that broke
+    before any output is retried like a connection error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        partial_text: str = "",
+        output_began: bool = False,
+    ):
+        super().__init__(message, model=model)
+        self.partial_text = partial_text
+        self.output_began = output_began
 
 
 class MalformedResponseError(ProviderError):

@@ -11,6 +11,12 @@ prefix) get `cache_control: {"type": "ephemeral"}`, so each iteration reads the 
 from the cache instead of paying for it again. `Usage.cache_read_tokens` and
 `cache_write_tokens` show the effect; costs use the cache prices.
 
+Long generations (a `max_tokens` above the SDK's non-streaming limit) and thinking
+(`thinking_budget=`, or `extra_body={"thinking": ...}`) are streamed and assembled into
+the same reply (`rlm.providers.anthropic_stream`). Thinking blocks, signatures included,
+are kept on the reply (`ModelResponse.provider_items`) and sent back in their place with
+the next turn, as the API requires when thinking models use tools.
+
 The `anthropic` SDK is imported with this module, which rlm imports only when an
 Anthropic model is first built (`import rlm` stays SDK-free).
 """
@@ -18,14 +24,19 @@ Anthropic model is first built (`import rlm` stays SDK-free).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 from anthropic.types import Message as AnthropicMessage
 
-from rlm.errors import ConfigurationError, MalformedResponseError, MissingAPIKeyError
+from rlm.errors import (
+    ConfigurationError,
+    IncompleteReplyError,
+    MalformedResponseError,
+    MissingAPIKeyError,
+)
 from rlm.providers._common import (
     DEFAULT_TIMEOUT_S,
     PerLoop,
@@ -36,7 +47,16 @@ from rlm.providers._common import (
     preview,
     resolve_key,
 )
-from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from rlm.providers.anthropic_stream import needs_streaming, stream_message, thinking_on
+from rlm.providers.base import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ProviderItem,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from rlm.providers.catalog import context_window as known_context_window
 from rlm.providers.http import http_client
 from rlm.providers.retry import (
@@ -44,6 +64,7 @@ from rlm.providers.retry import (
     RetryPolicy,
     SDKErrors,
     call_with_retries,
+    interrupted_error,
     malformed_error,
 )
 
@@ -59,6 +80,12 @@ ANTHROPIC_ERRORS = SDKErrors(
 DEFAULT_MAX_OUTPUT_TOKENS = 8192
 #: Anthropic accepts at most this many `cache_control` breakpoints per request.
 MAX_CACHE_BREAKPOINTS = 4
+#: The smallest thinking budget Anthropic accepts.
+MIN_THINKING_BUDGET = 1024
+#: `ProviderItem.api` of content blocks from this API.
+API = "anthropic.messages"
+#: Blocks only Anthropic can read, which must go back unchanged.
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
 #: Older models whose replies are capped below the default.
 _SMALL_OUTPUT_MODELS = ("claude-3-haiku", "claude-3-opus", "claude-3-sonnet")
 _EMPTY_TEXT = "(empty)"
@@ -73,7 +100,7 @@ def _supports_open_telemetry() -> bool:
 
 
 class AnthropicModel:
-    """A Claude model through the Anthropic Messages API (non-streaming).
+    """A Claude model through the Anthropic Messages API.
 
     Args:
         model: the model name, e.g. "claude-sonnet-4-5".
@@ -92,6 +119,12 @@ class AnthropicModel:
         context_window: the model's window in tokens (default: rlm's table, else None).
         prompt_caching: mark the engine's cache breakpoints with `cache_control`
             (default True).
+        thinking_budget: turn extended thinking on with this many tokens to think
+            (at least 1024). The reply's cap (`max_output_tokens`) is then added on
+            top when it is not larger than the budget; thinking tokens are counted in
+            `Usage.reasoning_tokens`. Requests with thinking are streamed.
+        extra_body: extra JSON fields merged into every request, e.g.
+            `{"thinking": {"type": "adaptive"}}` (thinking on, streamed, as above).
 
     Raises:
         MissingAPIKeyError: for Anthropic's API without credentials, before any request.
@@ -112,9 +145,12 @@ class AnthropicModel:
         retry: RetryPolicy | None = None,
         context_window: int | None = None,
         prompt_caching: bool = True,
+        thinking_budget: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("AnthropicModel needs a model name, e.g. 'claude-sonnet-4-5'")
+        _check_thinking(thinking_budget, temperature, extra_body)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
         self.name = model
@@ -124,6 +160,8 @@ class AnthropicModel:
         self.retry = retry or RetryPolicy()
         self.context_window = context_window or known_context_window(model)
         self.prompt_caching = prompt_caching
+        self.thinking_budget = thinking_budget
+        self.extra_body = dict(extra_body or {})
         if client is not None:
             self.client, self._clients = adopt_client(
                 client, anthropic.AsyncAnthropic, "anthropic.AsyncAnthropic", timeout
@@ -185,30 +223,61 @@ class AnthropicModel:
         return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Send `request` as one Messages call, retrying transient failures."""
+        """Send `request` as one Messages call (streamed when it may be long), retrying
+        transient failures."""
         params = self.request_params(request)
+        streamed = self.streams(params)
+
+        def interrupted(
+            received: str, cause: BaseException | None, text: str, began: bool
+        ) -> IncompleteReplyError:
+            return interrupted_error(
+                self._spec,
+                self.retry,
+                received=received,
+                cause=cause,
+                partial_text=text,
+                output_began=began,
+            )
 
         async def attempt() -> ModelResponse:
-            raw = await (await self._clients.get()).messages.create(**params)
-            return self.parse_response(raw)
+            client = await self._clients.get()
+            if streamed:
+                return self.parse_response(await stream_message(client, params, interrupted))
+            return self.parse_response(await client.messages.create(**params))
 
         return await call_with_retries(attempt, spec=self._spec, policy=self.retry)
 
+    def streams(self, params: Mapping[str, Any]) -> bool:
+        """Whether a request with these parameters is streamed: thinking is on, or its
+        `max_tokens` is above what the SDK allows without streaming."""
+        return thinking_on(dict(params)) or needs_streaming(self.name, int(params["max_tokens"]))
+
     def request_params(self, request: ModelRequest) -> dict[str, Any]:
-        """The keyword arguments of `messages.create` for `request`."""
+        """The keyword arguments of `messages.create` / `messages.stream` for `request`."""
         system, messages = build_messages(request.messages, caching=self.prompt_caching)
-        params: dict[str, Any] = {
-            "model": self.name,
-            "messages": messages,
-            "max_tokens": request.max_output_tokens or self.max_output_tokens,
-        }
+        max_tokens = request.max_output_tokens or self.max_output_tokens
+        params: dict[str, Any] = {"model": self.name, "messages": messages}
         if system:
             params["system"] = system
         if request.tools:
             params["tools"] = [_tool(t) for t in request.tools]
+        thinking = self.extra_body.get("thinking")
+        if self.thinking_budget is not None:
+            thinking = {"type": "enabled", "budget_tokens": self.thinking_budget}
+            params["thinking"] = thinking
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        if isinstance(budget, int) and max_tokens <= budget:
+            # max_tokens counts thinking too and must exceed the budget: the cap then
+            # applies to what comes after the thinking.
+            max_tokens += budget
+        params["max_tokens"] = max_tokens
         temperature = request.temperature if request.temperature is not None else self.temperature
-        if temperature is not None:
+        # Anthropic accepts no temperature with thinking on.
+        if temperature is not None and not thinking_on(params | {"thinking": thinking}):
             params["temperature"] = temperature
+        if self.extra_body:
+            params["extra_body"] = dict(self.extra_body)
         return params
 
     def parse_response(self, raw: object) -> ModelResponse:
@@ -220,8 +289,10 @@ class AnthropicModel:
             raise self._malformed("the reply has no content")
         texts: list[str] = []
         calls: list[ToolCall] = []
+        opaque = False
         for block in content:
             kind = getattr(block, "type", None)
+            opaque = opaque or kind in _THINKING_BLOCKS
             if kind == "text":
                 texts.append(getattr(block, "text", "") or "")
             elif kind == "tool_use":
@@ -232,16 +303,42 @@ class AnthropicModel:
                         arguments=parse_arguments(getattr(block, "input", None)),
                     )
                 )
+        # The blocks are kept only when thinking is among them: the rest is rebuilt
+        # from the message as well as it is replayed.
+        items = tuple(ProviderItem(API, b.to_dict()) for b in content) if opaque else ()
         return ModelResponse(
             text="".join(texts),
             usage=_usage(getattr(raw, "usage", None)),
             model=getattr(raw, "model", None) or self.name,
             finish_reason=getattr(raw, "stop_reason", None),
             tool_calls=tuple(calls),
+            provider_items=items,
         )
 
     def _malformed(self, detail: str) -> MalformedResponseError:
         return malformed_error(self._spec, detail)
+
+
+def _check_thinking(
+    budget: int | None, temperature: float | None, extra_body: Mapping[str, Any] | None
+) -> None:
+    if budget is None:
+        return
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+        raise ConfigurationError(
+            f"AnthropicModel(thinking_budget={budget!r}): Anthropic needs at least "
+            f"{MIN_THINKING_BUDGET} tokens to think; pass an int >= {MIN_THINKING_BUDGET}."
+        )
+    if temperature is not None:
+        raise ConfigurationError(
+            "AnthropicModel: Anthropic accepts no temperature with thinking on; drop "
+            "temperature= or thinking_budget=."
+        )
+    if extra_body and "thinking" in extra_body:
+        raise ConfigurationError(
+            "AnthropicModel: thinking is set twice (thinking_budget= and "
+            "extra_body['thinking']); keep one."
+        )
 
 
 def _has_credentials(client: anthropic.AsyncAnthropic) -> bool:
@@ -296,6 +393,30 @@ def build_messages(
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "assistant" and message.provider_items:
+        return _assistant_blocks(message)
+    return _rebuilt(message)
+
+
+def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
+    """A reply's own blocks while they still say what the message says; otherwise the
+    message rebuilt, behind its thinking blocks (which must lead the turn)."""
+    stored = [dict(i.data) for i in message.provider_items if i.api == API]
+    # Anthropic rejects empty text blocks, which a stream can leave behind.
+    stored = [b for b in stored if not (b.get("type") == "text" and not b.get("text"))]
+    if _says(stored) == (message.content, [c.id for c in message.tool_calls]) and any(
+        b.get("type") not in _THINKING_BLOCKS for b in stored
+    ):
+        return stored
+    return [b for b in stored if b.get("type") in _THINKING_BLOCKS] + _rebuilt(message)
+
+
+def _says(blocks: Iterable[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+    return text, [str(b.get("id")) for b in blocks if b.get("type") == "tool_use"]
+
+
+def _rebuilt(message: Message) -> list[dict[str, Any]]:
     if message.role == "tool":
         return [
             {

@@ -5,7 +5,10 @@ is used through `client.with_options(max_retries=0)`), so exactly one layer retr
 every retry is visible as a `ModelRetry` event.
 
 What is retried: rate limits (429), connection errors, timeouts, and HTTP 408, 409, 5xx
-and 529 (overloaded). A `retry-after-ms` or `retry-after` header sets the wait; without
+and 529 (overloaded). A streamed reply that broke off (`IncompleteReplyError`) is retried
+like a connection error if no output had arrived; once output began it was generated and
+billed, so it is retried only `RetryPolicy.max_interrupted_retries` times (default 0)
+and the error says what arrived. A `retry-after-ms` or `retry-after` header sets the wait; without
 one the wait grows exponentially with random jitter (`RetryPolicy`). Never retried:
 400, 401, 403, 404, 422 and other client errors, an exhausted quota
 (`insufficient_quota`), and a `retry-after` longer than `RetryPolicy.max_retry_after_s`.
@@ -36,6 +39,7 @@ from rlm.errors import (
     AuthenticationError,
     BadRequestError,
     ContextTooLongError,
+    IncompleteReplyError,
     MalformedResponseError,
     ProviderError,
     ProviderUnavailableError,
@@ -62,6 +66,9 @@ class RetryPolicy:
         jitter_s: up to this much random time is added to each backoff wait.
         max_retry_after_s: the longest `retry-after` honoured; a provider asking for
             a longer wait gets no retry and the error is raised at once.
+        max_interrupted_retries: how many times a streamed reply that broke off after
+            its output began is asked for again (each time it is generated, and paid
+            for, anew); within `max_attempts`.
     """
 
     max_attempts: int = 5
@@ -69,6 +76,7 @@ class RetryPolicy:
     max_wait_s: float = 30.0
     jitter_s: float = 0.5
     max_retry_after_s: float = 60.0
+    max_interrupted_retries: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -77,6 +85,11 @@ class RetryPolicy:
             or self.max_attempts < 1
         ):
             raise ValueError(f"RetryPolicy(max_attempts={self.max_attempts!r}): use an int >= 1")
+        interrupted = self.max_interrupted_retries
+        if not isinstance(interrupted, int) or isinstance(interrupted, bool) or interrupted < 0:
+            raise ValueError(
+                f"RetryPolicy(max_interrupted_retries={interrupted!r}): use an int >= 0"
+            )
         for name in ("initial_wait_s", "max_wait_s", "jitter_s", "max_retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0 or math.isnan(value):
@@ -196,6 +209,8 @@ def _error_code(exc: BaseException) -> str:
 def classify(exc: BaseException, spec: ProviderSpec) -> Failure | None:
     """How a failed attempt maps to rlm's errors, or None for a non-provider exception."""
     errors = spec.errors
+    if isinstance(exc, IncompleteReplyError):
+        return Failure(IncompleteReplyError, True, str(exc))
     if isinstance(exc, ProviderError):
         return Failure(type(exc), False, str(exc), getattr(exc, "status", None))
     if isinstance(exc, errors.timeout):
@@ -249,6 +264,35 @@ def _classify_status(exc: BaseException) -> Failure:
             failure.retry_after_s,
         )
     return failure
+
+
+def interrupted_error(
+    spec: ProviderSpec,
+    policy: RetryPolicy,
+    *,
+    received: str,
+    cause: BaseException | None,
+    partial_text: str,
+    output_began: bool,
+) -> IncompleteReplyError:
+    """The error for a streamed reply that broke off; `received` says what had arrived."""
+    why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    if output_began:
+        allowed = policy.max_interrupted_retries
+        advice = (
+            "What arrived is in error.partial_text. A reply cut short after its output "
+            "began was generated and billed, so it is asked for again only as "
+            f"RetryPolicy(max_interrupted_retries=...) allows (here {allowed})."
+        )
+    else:
+        advice = "No output had arrived; it is retried like a connection error."
+    return IncompleteReplyError(
+        f"{spec.label} ({spec.base_url}) for model {spec.model!r}: the streamed reply broke "
+        f"off after {received}{why}. {advice}",
+        model=spec.model,
+        partial_text=partial_text,
+        output_began=output_began,
+    )
 
 
 def malformed_error(spec: ProviderSpec, detail: str) -> MalformedResponseError:
@@ -365,17 +409,29 @@ async def call_with_retries(
     # parsing; only a retryable failure enters it, where it is replayed as attempt 1 so
     # the waits and retry events are as if tenacity had run it.
     attempts = 1
+    # Replies that broke off after output began, each counted once (tenacity asks
+    # again about the replayed first failure).
+    interrupted: list[BaseException] = []
+
+    def retryable(exc: BaseException) -> bool:
+        if isinstance(exc, IncompleteReplyError) and exc.output_began:
+            if not any(seen is exc for seen in interrupted):
+                interrupted.append(exc)
+            if len(interrupted) > policy.max_interrupted_retries:
+                return False
+        return _retryable(exc, spec, policy)
+
+    first_failure: Exception | None
     try:
         return await attempt()
-    except ProviderError:
-        raise
     except Exception as exc:
-        if policy.max_attempts <= 1 or not _retryable(exc, spec, policy):
+        final = isinstance(exc, ProviderError) and not isinstance(exc, IncompleteReplyError)
+        if final or policy.max_attempts <= 1 or not retryable(exc):
             mapped = to_rlm_error(exc, spec, attempts, policy)
-            if mapped is None:
+            if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
-        first_failure: Exception | None = exc
+        first_failure = exc
 
     async def one_attempt() -> T:
         nonlocal attempts, first_failure
@@ -414,7 +470,7 @@ async def call_with_retries(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts),
         wait=wait,
-        retry=retry_if_exception(lambda exc: _retryable(exc, spec, policy)),
+        retry=retry_if_exception(retryable),
         before_sleep=before_sleep,
         reraise=True,
     )
