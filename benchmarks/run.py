@@ -62,6 +62,9 @@ SCENARIOS = ("salary", "iterations", "fanout", "large", "import")
 MB = 1_000_000
 GB = 1_000_000_000
 FANOUT_LATENCY_S = 0.1
+#: The long-latency fan-out (1,024 chunks at concurrency 64 only): rlm's per-call cost
+#: should vanish next to a model that takes a second.
+FANOUT_SLOW_LATENCY_S = 1.0
 FANOUT_RECORDS = 10_000
 
 
@@ -489,7 +492,7 @@ def scenario_runs(args: argparse.Namespace) -> list[tuple[str, str, Any, dict[st
         for fw in fws:
             plan.append((fw, "iterations", iterations_script, {"steps": 20, "repeat": repeat}, 600))
     if "fanout" in args.only:
-        for chunks in (32, 256, 1024):
+        for chunks in args.fanout_chunks:
             for fw in fws:
                 concurrencies = (16, 64) if fw == "rlm" else (None,)
                 for conc in concurrencies:
@@ -502,6 +505,17 @@ def scenario_runs(args: argparse.Namespace) -> list[tuple[str, str, Any, dict[st
                         params["max_concurrency"] = conc
                     factory = _fanout_factory(chunks)
                     plan.append((fw, "fanout", factory, params, 600))
+        if 1024 in args.fanout_chunks and "rlm" in fws:
+            params = {
+                "records": FANOUT_RECORDS,
+                "chunks": 1024,
+                "repeat": 1 if quick else 3,
+                "max_concurrency": 64,
+                "latency_s": FANOUT_SLOW_LATENCY_S,
+            }
+            plan.append(
+                ("rlm", "fanout", _fanout_factory(1024, FANOUT_SLOW_LATENCY_S), params, 600)
+            )
     if "large" in args.only:
         sizes = [100 * MB] if quick else [100 * MB, GB]
         for size in sizes:
@@ -516,9 +530,9 @@ def scenario_runs(args: argparse.Namespace) -> list[tuple[str, str, Any, dict[st
     return plan
 
 
-def _fanout_factory(chunks: int) -> Any:
+def _fanout_factory(chunks: int, latency_s: float = FANOUT_LATENCY_S) -> Any:
     def make(fw: str) -> Script:
-        return fanout_script(fw, chunks, FANOUT_LATENCY_S)
+        return fanout_script(fw, chunks, latency_s)
 
     return make
 
@@ -685,11 +699,11 @@ def build_rows(runs: list[DriverRun], imports: dict[str, Any]) -> list[Row]:
         if not any(r.scenario == "fanout" and r.params.get("chunks") == chunks for r in runs):
             continue
         for conc in (16, 64):
-            ours = get("rlm", "fanout", chunks=chunks, max_concurrency=conc)
+            ours = get("rlm", "fanout", chunks=chunks, max_concurrency=conc, latency_s=None)
             floor = (1 + math.ceil(chunks / conc)) * FANOUT_LATENCY_S
             values = {
                 "rlm": _val(
-                    shown("rlm", "fanout", chunks=chunks, max_concurrency=conc),
+                    shown("rlm", "fanout", chunks=chunks, max_concurrency=conc, latency_s=None),
                     lambda r, floor=floor: (r.best_s, floor),
                     lambda v: f"{_fmt_s(v[0])} ({v[0] / v[1]:.2f}x floor)",
                 )
@@ -721,6 +735,21 @@ def build_rows(runs: list[DriverRun], imports: dict[str, Any]) -> list[Row]:
                     verdict,
                 )
             )
+
+    slow = shown("rlm", "fanout", chunks=1024, latency_s=FANOUT_SLOW_LATENCY_S)
+    if slow is not None:
+        floor = (1 + math.ceil(1024 / 64)) * FANOUT_SLOW_LATENCY_S
+        best = slow.best_s if slow.ok else None
+        rows.append(
+            Row(
+                f"3 fan-out 1,024 chunks, rlm at concurrency 64, {FANOUT_SLOW_LATENCY_S:g} s "
+                f"a call (floor {_fmt_s(floor)})",
+                {"rlm": "-" if best is None else f"{_fmt_s(best)} ({best / floor:.3f}x floor)"},
+                None,
+                "<= 1.02x floor",
+                _check(None if best is None else best / floor <= 1.02),
+            )
+        )
 
     # 4. large context
     for size in (100 * MB, GB):
@@ -904,6 +933,14 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         metavar="S",
         help="before each run, wait up to S seconds for the CPUs to be idle (0: don't)",
+    )
+    parser.add_argument(
+        "--fanout-chunks",
+        nargs="+",
+        type=int,
+        choices=(32, 256, 1024),
+        default=[32, 256, 1024],
+        help="the fan-out sizes to run (1,024 adds the 1 s latency case)",
     )
     parser.add_argument(
         "--render", metavar="JSON", help="print the table of a saved results file and exit"
