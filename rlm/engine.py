@@ -701,6 +701,12 @@ class _Run:
                     message_count=len(sent),
                     prompt_chars=sum(len(m.content) for m in sent),
                     last_message=clip(sent[-1].content) if sent else "",
+                    server_address=info.server_address,
+                    server_port=info.server_port,
+                    temperature=(
+                        request.temperature if request.temperature is not None else info.temperature
+                    ),
+                    max_tokens=request.max_output_tokens or info.max_output_tokens,
                 )
             )
 
@@ -749,6 +755,7 @@ class _Run:
         await self.emit(
             finished(
                 response_model=response.model,
+                response_id=response.id,
                 usage=usage,
                 cost_usd=cost,
                 latency_s=latency,

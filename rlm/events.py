@@ -90,6 +90,10 @@ class ModelCallStarted(BaseEvent):
     message_count: int
     prompt_chars: int
     last_message: str = ""
+    server_address: str | None = None
+    server_port: int | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -101,6 +105,7 @@ class ModelCallFinished(BaseEvent):
     purpose: Literal["root", "subcall", "final"]
     subcall_id: str | None = None
     response_model: str | None = None
+    response_id: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
     latency_s: float

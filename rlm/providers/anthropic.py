@@ -309,6 +309,7 @@ class AnthropicModel:
         return ModelResponse(
             text="".join(texts),
             usage=_usage(getattr(raw, "usage", None)),
+            id=getattr(raw, "id", None) or None,
             model=getattr(raw, "model", None) or self.name,
             finish_reason=getattr(raw, "stop_reason", None),
             tool_calls=tuple(calls),

@@ -4,7 +4,8 @@ Everything a provider adapter needs to know about the engine is in this module, 
 everything the engine needs to know about a provider is the `Model` protocol: one async
 method, `complete(request) -> response`, plus a `name` used for usage, pricing and
 telemetry. A model may also expose `provider` (for telemetry; defaults to "unknown") and
-`context_window` (in tokens, for the sub-call size check); `describe_model` reads them.
+`context_window` (in tokens, for the sub-call size check), and `base_url`, `temperature`
+and `max_output_tokens` (for telemetry); `describe_model` reads them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -131,6 +133,8 @@ class ModelResponse:
 
     text: str
     usage: Usage = Usage()
+    #: The provider's id of the reply (`chatcmpl-...`, `msg_...`), when it sent one.
+    id: str | None = None
     model: str | None = None
     finish_reason: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
@@ -164,17 +168,49 @@ class ModelInfo:
     name: str
     provider: str
     context_window: int | None
+    server_address: str | None = None
+    server_port: int | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
 
 
 def describe_model(model: Model) -> ModelInfo:
-    """Read a model's optional `provider` and `context_window` attributes."""
+    """Read a model's optional `provider`, `context_window`, `base_url`, `temperature`
+    and `max_output_tokens` attributes."""
     provider = getattr(model, "provider", None)
     window = getattr(model, "context_window", None)
+    address, port = _server(getattr(model, "base_url", None))
+    temperature = getattr(model, "temperature", None)
+    max_tokens = getattr(model, "max_output_tokens", None)
     return ModelInfo(
         name=model.name,
         provider=provider if isinstance(provider, str) else "unknown",
         context_window=window if isinstance(window, int) and window > 0 else None,
+        server_address=address,
+        server_port=port,
+        temperature=float(temperature)
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool)
+        else None,
+        max_output_tokens=max_tokens if _is_count(max_tokens) else None,
     )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _server(base_url: object) -> tuple[str | None, int | None]:
+    """Host and port of a model's API root (the scheme's port when none is written)."""
+    if not isinstance(base_url, str) or not base_url:
+        return None, None
+    parts = urlsplit(base_url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.hostname, port
 
 
 @dataclass(frozen=True, slots=True)

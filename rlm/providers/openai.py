@@ -262,9 +262,11 @@ class OpenAIModel:
             raise self._malformed("the reply's message has no content and no tool calls")
         model = raw.get("model")
         finish = choice.get("finish_reason")
+        reply_id = raw.get("id")
         return ModelResponse(
             text=text or "",
             usage=_usage(raw.get("usage")),
+            id=reply_id if isinstance(reply_id, str) and reply_id else None,
             model=model if isinstance(model, str) and model else self.name,
             finish_reason=finish if isinstance(finish, str) else None,
             tool_calls=calls,

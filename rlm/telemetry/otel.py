@@ -86,6 +86,16 @@ def _usage_attributes(usage: Usage) -> dict[str, AttributeValue]:
     return attrs
 
 
+def conversation_id(e: RunStarted, parent: _RunState | None = None) -> str | None:
+    """The conversation a run belongs to (`gen_ai.conversation.id`): its session's id,
+    inherited by child runs. Runs carry no session id yet (sessions will add
+    `RunStarted.session_id`); until then this is None and the attribute is not set."""
+    session = getattr(e, "session_id", None)
+    if isinstance(session, str) and session:
+        return session
+    return parent.conversation_id if parent is not None else None
+
+
 def _text_messages(role: str, text: str, finish_reason: str | None = None) -> str:
     message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": text}]}
     if finish_reason is not None:
@@ -108,6 +118,7 @@ class _RunState:
 
     run: _Open | None
     open: dict[str, _Open] = field(default_factory=dict)
+    conversation_id: str | None = None
     subcalls: set[str] = field(default_factory=set)
 
 
@@ -239,6 +250,9 @@ class OTelSubscriber:
         }
         if e.parent_run_id:
             attrs[sc.RLM_PARENT_RUN_ID] = e.parent_run_id
+        conversation = conversation_id(e, parent_state)
+        if conversation is not None:
+            attrs[sc.GEN_AI_CONVERSATION_ID] = conversation
         parent: Context | None = None  # a root run nests under the caller's current span
         sub = self._subcalls.get(e.parent_subcall_id) if e.parent_subcall_id else None
         if sub is not None:
@@ -255,7 +269,7 @@ class OTelSubscriber:
             opened.span.end()
             self._runs[e.run_id] = _RunState(None)
             return
-        self._runs[e.run_id] = _RunState(opened)
+        self._runs[e.run_id] = _RunState(opened, conversation_id=conversation)
 
     def _iteration_started(self, e: IterationStarted) -> None:
         run = self._runs[e.run_id].run
@@ -339,8 +353,15 @@ class OTelSubscriber:
             sc.RLM_MESSAGE_COUNT: e.message_count,
             sc.RLM_PROMPT_CHARS: e.prompt_chars,
         }
-        if e.iteration is not None:
-            attrs[sc.RLM_ITERATION] = e.iteration
+        optional = {
+            sc.SERVER_ADDRESS: e.server_address,
+            sc.SERVER_PORT: e.server_port,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: e.max_tokens,
+            sc.GEN_AI_REQUEST_TEMPERATURE: e.temperature,
+            sc.GEN_AI_CONVERSATION_ID: state.conversation_id,
+            sc.RLM_ITERATION: e.iteration,
+        }
+        attrs.update({k: v for k, v in optional.items() if v is not None})
         if sub is not None:
             attrs.update(sub.attributes)
         if self.capture_content:
@@ -366,6 +387,8 @@ class OTelSubscriber:
             attrs = _usage_attributes(e.usage)
             if e.response_model:
                 attrs[sc.GEN_AI_RESPONSE_MODEL] = e.response_model
+            if e.response_id:
+                attrs[sc.GEN_AI_RESPONSE_ID] = e.response_id
             if e.finish_reason:
                 attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (e.finish_reason,)
             if e.cost_usd is not None:

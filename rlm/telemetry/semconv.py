@@ -26,6 +26,11 @@ GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_RESPONSE_ID: Final = "gen_ai.response.id"
+GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_TOKEN_TYPE: Final = "gen_ai.token.type"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
@@ -40,11 +45,17 @@ GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 ERROR_TYPE: Final = "error.type"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
 
 # Values of gen_ai.operation.name.
 OPERATION_INVOKE_AGENT: Final = "invoke_agent"
 OPERATION_CHAT: Final = "chat"
 OPERATION_EXECUTE_TOOL: Final = "execute_tool"
+
+# Values of gen_ai.token.type.
+TOKEN_TYPE_INPUT: Final = "input"
+TOKEN_TYPE_OUTPUT: Final = "output"
 
 AGENT_NAME: Final = "rlm"
 TOOL_NAME: Final = "repl"
@@ -107,6 +118,30 @@ RLM_CODE_STDOUT: Final = "rlm.code.stdout"
 RLM_CODE_STDERR: Final = "rlm.code.stderr"
 RLM_CODE_ERROR: Final = "rlm.code.error"
 RLM_SUBCALL_PROMPT: Final = "rlm.subcall.prompt"
+
+# -- metrics (instrument name, unit) ----------------------------------------------------
+
+# GenAI client metrics, with the conventions' advisory histogram buckets.
+METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+# rlm's own.
+METRIC_RUNS: Final = "rlm.runs"
+METRIC_RUN_ITERATIONS: Final = "rlm.run.iterations"
+METRIC_SUB_CALLS: Final = "rlm.sub_calls"
+METRIC_TOOL_CALLS: Final = "rlm.tool_calls"
+METRIC_CODE_DURATION: Final = "rlm.code.duration"
+METRIC_SANDBOX_RESTARTS: Final = "rlm.sandbox.restarts"
+METRIC_COST: Final = "rlm.cost"
+ITERATION_BUCKETS: Final = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+CODE_DURATION_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+)  # fmt: skip
 
 # -- span event names -------------------------------------------------------------------
 

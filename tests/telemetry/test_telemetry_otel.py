@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from opentelemetry import trace
@@ -11,9 +12,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 import rlm
 from rlm.errors import RateLimitError
 from rlm.providers.base import ModelRequest, ModelResponse, Usage
+from rlm.providers.openai import OpenAIModel
 from rlm.telemetry import OTelSubscriber, default_subscribers
 from rlm.telemetry import semconv as sc
 from rlm.testing import FunctionModel, ScriptedModel
+from rlm.testing.server import FakeLLMServer, RawReply
 
 
 def run_tree(spans, tree, **kwargs):
@@ -144,6 +147,62 @@ def test_genai_and_rlm_attributes(spans):
     assert code_attrs[sc.GEN_AI_TOOL_NAME] == "repl"
     assert code_attrs[sc.RLM_ITERATION] == 1
     assert code_span.status.status_code is StatusCode.UNSET
+
+
+def test_a_model_call_span_names_the_server_the_request_and_the_reply(spans):
+    completion = {
+        "id": "chatcmpl-from-the-server",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "```repl\nx = 2\n```"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    with FakeLLMServer([RawReply(json.dumps(completion)), "FINAL(2)"]) as server:
+        model = OpenAIModel(
+            "gpt-4o-mini",
+            base_url=server.openai_base_url,
+            temperature=0.25,
+            max_output_tokens=256,
+        )
+        rlm.run(
+            "q",
+            "ctx",
+            model=model,
+            repl="inprocess",
+            on_event=OTelSubscriber(tracer_provider=spans.provider),
+        )
+        port = server.port
+
+    first, second = (dict(s.attributes or {}) for s in spans.named("chat"))
+    assert first[sc.SERVER_ADDRESS] == "127.0.0.1"
+    assert first[sc.SERVER_PORT] == port
+    assert first[sc.GEN_AI_REQUEST_TEMPERATURE] == 0.25
+    assert first[sc.GEN_AI_REQUEST_MAX_TOKENS] == 256
+    assert first[sc.GEN_AI_RESPONSE_ID] == "chatcmpl-from-the-server"
+    assert second[sc.GEN_AI_RESPONSE_ID].startswith("chatcmpl-")
+    assert second[sc.GEN_AI_RESPONSE_ID] != first[sc.GEN_AI_RESPONSE_ID]
+    # No session: no conversation id (sessions set it through RunStarted.session_id).
+    assert sc.GEN_AI_CONVERSATION_ID not in first
+
+
+def test_a_model_without_a_server_or_settings_leaves_those_attributes_out(spans):
+    rlm.run(
+        "q",
+        "ctx",
+        model=ScriptedModel(["FINAL(1)"]),
+        repl="inprocess",
+        on_event=OTelSubscriber(tracer_provider=spans.provider),
+    )
+
+    (chat,) = spans.named("chat")
+    attrs = dict(chat.attributes or {})
+    for name in (sc.SERVER_ADDRESS, sc.SERVER_PORT, sc.GEN_AI_REQUEST_TEMPERATURE):
+        assert name not in attrs
 
 
 def test_a_priced_model_puts_cost_on_spans(spans):
