@@ -3,18 +3,20 @@
 | subscriber | what it does |
 | --- | --- |
 | `OTelSubscriber` | spans: `invoke_agent rlm` > `chat {model}` / `execute_tool repl` |
+| `MetricsSubscriber` | metrics: GenAI token usage and call duration, runs, cost, ... |
 | `StructlogSubscriber` | one structured log line per event |
 | `TrajectoryRecorder` | JSON Lines, one event per line; `load_trajectory` reads it back |
 | `ConsoleView` | a `rich` live view of runs in the terminal (`verbose=True`) |
 
-Every run gets `default_subscribers()`: spans (to the global tracer provider) and logs,
-both of which do nothing, cheaply, until the application configures OpenTelemetry or
-logging. Pass the others with `on_event=`. Names are imported lazily so `import rlm`
-does not load OpenTelemetry, structlog or rich.
+Every run gets `default_subscribers()`: spans and metrics (to the global tracer and
+meter providers) and logs, which do nothing, cheaply, until the application configures
+OpenTelemetry or logging. Pass the others with `on_event=`. Names are imported lazily
+so `import rlm` does not load OpenTelemetry, structlog or rich.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable
@@ -25,6 +27,7 @@ from rlm.events import Subscriber
 if TYPE_CHECKING:
     from rlm.telemetry.console import ConsoleView
     from rlm.telemetry.logs import StructlogSubscriber
+    from rlm.telemetry.metrics import MetricsSubscriber
     from rlm.telemetry.otel import OTelSubscriber
     from rlm.telemetry.trajectory import (
         CodeRecord,
@@ -41,6 +44,7 @@ __all__ = [
     "CodeRecord",
     "ConsoleView",
     "IterationRecord",
+    "MetricsSubscriber",
     "ModelCallRecord",
     "OTelSubscriber",
     "RunRecord",
@@ -56,6 +60,7 @@ _LAZY = {
     "ConsoleView": "rlm.telemetry.console",
     "StructlogSubscriber": "rlm.telemetry.logs",
     "OTelSubscriber": "rlm.telemetry.otel",
+    "MetricsSubscriber": "rlm.telemetry.metrics",
     "CodeRecord": "rlm.telemetry.trajectory",
     "IterationRecord": "rlm.telemetry.trajectory",
     "ModelCallRecord": "rlm.telemetry.trajectory",
@@ -82,32 +87,46 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-def _otel_may_be_configured() -> bool:
-    # Configuring OpenTelemetry means importing opentelemetry.trace (or asking for a
-    # provider by environment variable); if neither happened, no span could be recorded,
-    # so do not pay for the import.
-    return "opentelemetry.trace" in sys.modules or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+def _otel_may_be_configured(api: str, provider_env: str) -> bool:
+    # Configuring OpenTelemetry means importing its API module (or naming a provider by
+    # environment variable); if neither happened, nothing could be recorded, so do not
+    # pay for the import.
+    return api in sys.modules or provider_env in os.environ
 
 
 def default_subscribers(existing: Iterable[Subscriber] = ()) -> list[Subscriber]:
-    """Subscribers every run gets: spans and logs, cheap no-ops until configured.
+    """Subscribers every run gets: spans, metrics and logs, cheap no-ops until configured.
 
     `existing` are the subscribers the user attached; a kind of sink the user already
-    attached (an `OTelSubscriber`, a `StructlogSubscriber`) is not added again.
+    attached (an `OTelSubscriber`, a `MetricsSubscriber`, a `StructlogSubscriber`) is
+    not added again.
     """
     from rlm.telemetry.logs import StructlogSubscriber
 
     existing = list(existing)
     subscribers: list[Subscriber] = []
     if not _has_instance(existing, "rlm.telemetry.otel", "OTelSubscriber") and (
-        _otel_may_be_configured()
+        _otel_may_be_configured("opentelemetry.trace", "OTEL_PYTHON_TRACER_PROVIDER")
     ):
         from rlm.telemetry.otel import OTelSubscriber
 
         subscribers.append(OTelSubscriber())
+    if not _has_instance(existing, "rlm.telemetry.metrics", "MetricsSubscriber") and (
+        _otel_may_be_configured("opentelemetry.metrics", "OTEL_PYTHON_METER_PROVIDER")
+    ):
+        subscribers.append(_global_metrics())
     if not any(isinstance(s, StructlogSubscriber) for s in existing):
         subscribers.append(StructlogSubscriber())
     return subscribers
+
+
+@functools.cache
+def _global_metrics() -> Subscriber:
+    """One subscriber for the global meter provider: its instruments are made once, and
+    follow the provider the application sets, even after they were made."""
+    from rlm.telemetry.metrics import MetricsSubscriber
+
+    return MetricsSubscriber()
 
 
 def _has_instance(subscribers: list[Subscriber], module: str, name: str) -> bool:
