@@ -163,9 +163,11 @@ def parse_response(raw: object, *, model: str, malformed: Malformed) -> ModelRes
     if not text and not calls and not incomplete:
         raise malformed("the reply's output has no message and no tool calls")
     name = raw.get("model")
+    reply_id = raw.get("id")
     return ModelResponse(
         text=text,
         usage=_usage(raw.get("usage")),
+        id=reply_id if isinstance(reply_id, str) and reply_id else None,
         model=name if isinstance(name, str) and name else model,
         finish_reason=_finish_reason(raw, bool(calls)),
         tool_calls=calls,

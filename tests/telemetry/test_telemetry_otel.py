@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import rlm
 from rlm.errors import RateLimitError
+from rlm.providers.anthropic import AnthropicModel
 from rlm.providers.base import ModelRequest, ModelResponse, Usage
 from rlm.providers.openai import OpenAIModel
 from rlm.telemetry import OTelSubscriber, default_subscribers
@@ -188,6 +189,28 @@ def test_a_model_call_span_names_the_server_the_request_and_the_reply(spans):
     assert second[sc.GEN_AI_RESPONSE_ID] != first[sc.GEN_AI_RESPONSE_ID]
     # No session: no conversation id (sessions set it through RunStarted.session_id).
     assert sc.GEN_AI_CONVERSATION_ID not in first
+
+
+@pytest.mark.parametrize(
+    ("api", "make", "prefix"),
+    [
+        ("responses", lambda url: OpenAIModel("m", base_url=url, api="responses"), "resp_"),
+        ("anthropic", lambda url: AnthropicModel("m", base_url=url), "msg_"),
+    ],
+)
+def test_every_adapter_reports_the_reply_id(spans, api, make, prefix):
+    with FakeLLMServer(["FINAL(1)"]) as server:
+        url = server.anthropic_base_url if api == "anthropic" else server.openai_base_url
+        rlm.run(
+            "q",
+            "ctx",
+            model=make(url),
+            repl="inprocess",
+            on_event=OTelSubscriber(tracer_provider=spans.provider),
+        )
+
+    (chat,) = spans.named("chat")
+    assert str((chat.attributes or {})[sc.GEN_AI_RESPONSE_ID]).startswith(prefix)
 
 
 def test_a_model_without_a_server_or_settings_leaves_those_attributes_out(spans):
