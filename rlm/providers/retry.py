@@ -11,7 +11,11 @@ billed, so it is retried only `RetryPolicy.max_interrupted_retries` times (defau
 and the error says what arrived. A `retry-after-ms` or `retry-after` header sets the wait; without
 one the wait grows exponentially with random jitter (`RetryPolicy`). Never retried:
 400, 401, 403, 404, 422 and other client errors, an exhausted quota
-(`insufficient_quota`), and a `retry-after` longer than `RetryPolicy.max_retry_after_s`.
+(`insufficient_quota`), a `retry-after` longer than `RetryPolicy.max_retry_after_s`, and
+a connection refused by a loopback or private address (a wrong `base_url` or a local
+server that is not running: nothing there will start listening in the next seconds).
+The refusal is recognised by the OS error in the exception's cause chain and the host of
+the request's URL, so it holds whatever HTTP client the SDK runs on.
 
 Final failures become `rlm.errors` exceptions whose messages say what to do next:
 `AuthenticationError`, `RateLimitError`, `ContextTooLongError`, `BadRequestError`,
@@ -24,6 +28,8 @@ The machinery knows no SDK: an adapter describes its SDK's exception classes in
 from __future__ import annotations
 
 import email.utils
+import errno
+import ipaddress
 import json
 import math
 import re
@@ -31,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
@@ -213,6 +220,15 @@ def classify(exc: BaseException, spec: ProviderSpec) -> Failure | None:
         return Failure(IncompleteReplyError, True, str(exc))
     if isinstance(exc, ProviderError):
         return Failure(type(exc), False, str(exc), getattr(exc, "status", None))
+    if isinstance(exc, (errors.connection, errors.timeout)):
+        refused = refused_local_url(exc, spec.base_url)
+        if refused is not None:
+            return Failure(
+                ProviderUnavailableError,
+                False,
+                f"the connection to {refused} was refused (nothing listens there; a "
+                "refusal from a local or private address is not retried)",
+            )
     if isinstance(exc, errors.timeout):
         return Failure(ProviderUnavailableError, True, "the request timed out")
     if isinstance(exc, errors.connection):
@@ -228,6 +244,53 @@ def classify(exc: BaseException, spec: ProviderSpec) -> Failure | None:
     if isinstance(exc, errors.base):
         return Failure(ProviderError, False, f"{type(exc).__name__}: {exc}")
     return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and everything under it (`__cause__`, else `__context__`), once each."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_local_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False  # a name: resolving it here would block; it may be anywhere
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _request_url(exc: BaseException) -> str | None:
+    try:  # httpx2's errors raise RuntimeError for a request that was never set
+        url = getattr(getattr(exc, "request", None), "url", None)
+    except RuntimeError:
+        return None
+    return str(url) if url is not None else None
+
+
+def refused_local_url(exc: BaseException, base_url: str) -> str | None:
+    """The URL of a request that a loopback or private address refused, or None.
+
+    A refusal is an OS-level `ECONNREFUSED` anywhere in the cause chain (aiohttp's and
+    httpcore's connection errors keep it there); the URL is the failed request's when
+    the exception carries it, else `base_url`.
+    """
+    chain = _causes(exc)
+    if not any(
+        isinstance(c, ConnectionRefusedError)
+        or (isinstance(c, OSError) and c.errno == errno.ECONNREFUSED)
+        for c in chain
+    ):
+        return None
+    url = next((u for u in map(_request_url, chain) if u is not None), base_url)
+    host = urlsplit(url).hostname
+    return url if host is not None and _is_local_host(host) else None
 
 
 def _classify_status(exc: BaseException) -> Failure:

@@ -300,3 +300,66 @@ def test_retry_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="max_wait_s"):
         RetryPolicy(max_wait_s=-1)
     assert RetryPolicy.never().max_attempts == 1
+
+
+def closed_port_url(provider: str) -> str:
+    with FakeLLMServer() as gone:
+        return gone.openai_base_url if provider != "anthropic" else gone.anthropic_base_url
+
+
+@pytest.mark.parametrize("own_client", [False, True], ids=["rlm-client", "users-httpx-client"])
+async def test_a_refused_local_connection_fails_at_once_naming_the_url(
+    provider: str, own_client: bool
+) -> None:
+    # The default policy allows five attempts; a wrong port on 127.0.0.1 gets one.
+    url = closed_port_url(provider)
+    cls = OpenAIModel if provider != "anthropic" else AnthropicModel
+    options: dict[str, Any] = {"base_url": url, "api_key": "test-key"}
+    if own_client:  # the SDK's default httpx2 transport, not the aiohttp one rlm builds
+        import anthropic
+        import openai
+
+        sdk = openai.AsyncOpenAI if cls is OpenAIModel else anthropic.AsyncAnthropic
+        options = {"client": sdk(base_url=url, api_key="test-key")}
+    seen: list[RetryDetails] = []
+    token = retry_listener.set(seen.append)
+    try:
+        with pytest.raises(ProviderUnavailableError) as caught:
+            await call(cls("some-model", **options))
+    finally:
+        retry_listener.reset(token)
+
+    assert seen == []
+    message = str(caught.value)
+    assert f"the connection to {url}" in message and "was refused" in message
+    assert "attempts" not in message and "timeout" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "final"),
+    [
+        ("http://127.0.0.1:8000/v1/chat/completions", True),
+        ("http://localhost:8000/v1/chat/completions", True),
+        ("http://[::1]:8000/v1/chat/completions", True),
+        ("http://10.1.2.3:8000/v1/chat/completions", True),
+        ("http://192.168.0.7/v1/chat/completions", True),
+        ("http://8.8.8.8/v1/chat/completions", False),  # a public address may come back
+        ("https://api.example.com/v1/chat/completions", False),  # a name may be anywhere
+    ],
+)
+def test_only_a_refusal_from_a_local_or_private_address_is_final(url: str, final: bool) -> None:
+    import httpx2
+    import openai
+
+    from rlm.providers.retry import refused_local_url
+
+    request = httpx2.Request("POST", url)
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    transport = httpx2.ConnectError("All connection attempts failed", request=request)
+    transport.__cause__ = refused
+    error = openai.APIConnectionError(request=request)
+    error.__cause__ = transport
+    assert refused_local_url(error, "http://unused/v1") == (url if final else None)
+    # Not refused (reset, unreachable, DNS): transient, whatever the address.
+    transport.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    assert refused_local_url(error, "http://unused/v1") is None
