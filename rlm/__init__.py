@@ -37,6 +37,7 @@ from rlm.providers.base import (
 from rlm.providers.pricing import Price, set_price
 from rlm.providers.registry import register_provider, resolve_model
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
+from rlm.tools import Tool
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "RLMResult",
     "RetryDetails",
     "StopReason",
+    "Tool",
     "ToolCall",
     "ToolSpec",
     "Usage",

@@ -28,6 +28,10 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        # A pydantic model (a typed answer in `RLMResult.output`): its JSON form.
+        return dump(mode="json")
     return repr(value)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from rlm.budget import Budget
-from rlm.engine import RLM, ReplSpec
+from rlm.engine import RLM, ReplSpec, ToolsSpec
 from rlm.events import Event, OnEvent
 from rlm.providers.base import Model
 from rlm.result import RLMResult
@@ -26,6 +27,9 @@ def _engine(
     max_output_chars: int,
     context_windows: Mapping[str, int] | None,
     verbose: bool,
+    tools: ToolsSpec,
+    sub_tools: ToolsSpec,
+    output_type: Any,
 ) -> RLM:
     return RLM(
         model,
@@ -40,6 +44,9 @@ def _engine(
         max_output_chars=max_output_chars,
         context_windows=context_windows,
         verbose=verbose,
+        tools=tools,
+        sub_tools=sub_tools,
+        output_type=output_type,
     )
 
 
@@ -60,10 +67,15 @@ def run(
     context_windows: Mapping[str, int] | None = None,
     verbose: bool = False,
     on_event: OnEvent = None,
+    tools: ToolsSpec = None,
+    sub_tools: ToolsSpec = None,
+    output_type: Any = None,
 ) -> RLMResult:
     """Answer `query` over `context` (str, list, dict or any picklable object).
 
-    See `rlm.RLM` for the arguments. Blocking; `arun` is the async form.
+    See `rlm.RLM` for the arguments (`tools=[fn, ...]` for functions the model's code
+    can call, `output_type=` for a typed answer in `result.output`). Blocking; `arun` is
+    the async form.
     """
     engine = _engine(
         model,
@@ -78,6 +90,9 @@ def run(
         max_output_chars,
         context_windows,
         verbose,
+        tools,
+        sub_tools,
+        output_type,
     )
     return engine.run(query, context, on_event=on_event)
 
@@ -99,6 +114,9 @@ async def arun(
     context_windows: Mapping[str, int] | None = None,
     verbose: bool = False,
     on_event: OnEvent = None,
+    tools: ToolsSpec = None,
+    sub_tools: ToolsSpec = None,
+    output_type: Any = None,
 ) -> RLMResult:
     """Async `run`: same arguments. Cancelling the task stops the whole run tree."""
     engine = _engine(
@@ -114,6 +132,9 @@ async def arun(
         max_output_chars,
         context_windows,
         verbose,
+        tools,
+        sub_tools,
+        output_type,
     )
     return await engine.arun(query, context, on_event=on_event)
 
@@ -135,6 +156,9 @@ async def stream(
     context_windows: Mapping[str, int] | None = None,
     verbose: bool = False,
     on_event: OnEvent = None,
+    tools: ToolsSpec = None,
+    sub_tools: ToolsSpec = None,
+    output_type: Any = None,
 ) -> AsyncIterator[Event]:
     """Events of a run as they happen, ending with `RunFinished`: see `RLM.stream`."""
     engine = _engine(
@@ -150,6 +174,9 @@ async def stream(
         max_output_chars,
         context_windows,
         verbose,
+        tools,
+        sub_tools,
+        output_type,
     )
     async for event in engine.stream(query, context, on_event=on_event):
         yield event

@@ -60,6 +60,7 @@ class LedgerSnapshot:
     subcalls: int
     executions: int
     elapsed_s: float
+    tool_calls: int = 0
 
 
 CostFn = Callable[[str, Usage], float | None]
@@ -92,6 +93,7 @@ class Ledger:
         self._cost_by_model: dict[str, float | None] = {}
         self._subcalls = 0
         self._executions = 0
+        self._tool_calls = 0
         self._exceeded: BudgetExceeded | None = None
 
     def child(self) -> Ledger:
@@ -141,6 +143,12 @@ class Ledger:
         for node in self._lineage():
             with node._lock:
                 node._executions += 1
+
+    def record_tool_call(self) -> None:
+        """Count one call of a user tool."""
+        for node in self._lineage():
+            with node._lock:
+                node._tool_calls += 1
 
     def start_subcall(self) -> None:
         """Count a sub-call as it starts; raises `BudgetExceeded` past `max_subcalls`."""
@@ -206,6 +214,7 @@ class Ledger:
             }
             subcalls = self._subcalls
             executions = self._executions
+            tool_calls = self._tool_calls
         total = Usage()
         known = 0.0
         all_priced = bool(by_model)
@@ -223,4 +232,5 @@ class Ledger:
             subcalls=subcalls,
             executions=executions,
             elapsed_s=self.elapsed(),
+            tool_calls=tool_calls,
         )

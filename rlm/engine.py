@@ -42,6 +42,7 @@ from rlm.events import (
     clip,
     new_id,
 )
+from rlm.output import UNTYPED, Answer, FinalValue, InvalidOutput, OutputSpec
 from rlm.providers.base import (
     Message,
     Model,
@@ -70,8 +71,10 @@ from rlm.strategies.termination import (
     default_termination,
 )
 from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
+from rlm.tools import Tool, ToolDispatch, as_tools
 
 ReplSpec = Literal["subprocess", "inprocess"] | ReplFactory
+ToolsSpec = Sequence[Callable[..., Any] | Tool] | None
 
 # The engine ends a run on these whatever termination strategy is configured.
 _HARD_STOPS = AnyOf(FinalAnswerReached(), BudgetLimit(), DeadlineLimit(), MaxIterations())
@@ -108,6 +111,9 @@ class _Config:
     termination: TerminationStrategy
     context_windows: Mapping[str, int]
     subscribers: tuple[Callable[..., Any], ...]
+    tools: tuple[Tool, ...] = ()
+    sub_tools: tuple[Tool, ...] = ()
+    output: OutputSpec = UNTYPED
 
 
 @dataclass
@@ -117,6 +123,7 @@ class _Shared:
     config: _Config
     bus: EventBus
     model_slots: asyncio.Semaphore
+    tool_slots: asyncio.Semaphore
     child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
 
@@ -147,6 +154,11 @@ class RLM:
         context_windows: token windows by model name, for the sub-call size check.
         on_event: subscriber(s) that receive every event of every run.
         verbose: show a live view of runs in the terminal.
+        tools: host functions the model's code can call (see `rlm.tools`); they run on
+            the host, never in the REPL.
+        sub_tools: the tools of child runs (`rlm_query`); default: the same as `tools`.
+        output_type: the type the answer must have (see `rlm.output`): the result's
+            `output` is then a validated value of it.
     """
 
     def __init__(
@@ -165,6 +177,9 @@ class RLM:
         context_windows: Mapping[str, int] | None = None,
         on_event: OnEvent = None,
         verbose: bool = False,
+        tools: ToolsSpec = None,
+        sub_tools: ToolsSpec = None,
+        output_type: Any = None,
     ) -> None:
         _require_int("max_iterations", max_iterations, 1)
         _require_int("max_depth", max_depth, 1)
@@ -197,6 +212,9 @@ class RLM:
             termination=termination or default_termination(),
             context_windows=windows,
             subscribers=tuple(subscribers),
+            tools=as_tools(tools),
+            sub_tools=as_tools(sub_tools) if sub_tools is not None else as_tools(tools),
+            output=OutputSpec(output_type),
         )
 
     @property
@@ -214,8 +232,12 @@ class RLM:
         *,
         on_event: OnEvent = None,
         budget: Budget | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
-        """Answer `query` over `context`. Cancelling the task stops the whole run tree."""
+        """Answer `query` over `context`. Cancelling the task stops the whole run tree.
+
+        `output_type` overrides the engine's for this run.
+        """
         if not isinstance(query, str) or not query.strip():
             raise ConfigurationError("query must be a non-empty string")
         budget = budget if budget is not None else self.budget
@@ -226,13 +248,23 @@ class RLM:
 
         user_subscribers = [*self._config.subscribers, *as_subscribers(on_event)]
         bus = EventBus([*default_subscribers(user_subscribers), *user_subscribers])
+        output = OutputSpec(output_type) if output_type is not None else self._config.output
         shared = _Shared(
             config=self._config,
             bus=bus,
             model_slots=asyncio.Semaphore(self._config.max_concurrency),
+            tool_slots=asyncio.Semaphore(self._config.max_concurrency),
         )
         ledger = Ledger(budget, cost_usd)
-        run = _Run(shared, ledger, query=query, context=context, depth=0, model=self._config.model)
+        run = _Run(
+            shared,
+            ledger,
+            query=query,
+            context=context,
+            depth=0,
+            model=self._config.model,
+            output=output,
+        )
         return await run.execute()
 
     def run(
@@ -242,11 +274,14 @@ class RLM:
         *,
         on_event: OnEvent = None,
         budget: Budget | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
         """Blocking `arun`. Works inside a running event loop too (it uses a thread)."""
 
         def blocking() -> RLMResult:
-            return asyncio.run(self.arun(query, context, on_event=on_event, budget=budget))
+            return asyncio.run(
+                self.arun(query, context, on_event=on_event, budget=budget, output_type=output_type)
+            )
 
         try:
             asyncio.get_running_loop()
@@ -264,6 +299,7 @@ class RLM:
         *,
         on_event: OnEvent = None,
         budget: Budget | None = None,
+        output_type: Any = None,
     ) -> AsyncIterator[Event]:
         """Events as they happen, ending with the root's `RunFinished`.
 
@@ -272,7 +308,9 @@ class RLM:
         """
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         subscribers = [queue.put_nowait, *as_subscribers(on_event)]
-        task = asyncio.ensure_future(self.arun(query, context, on_event=subscribers, budget=budget))
+        task = asyncio.ensure_future(
+            self.arun(query, context, on_event=subscribers, budget=budget, output_type=output_type)
+        )
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while True:
@@ -335,6 +373,7 @@ class _Run:
         model: Model,
         parent_run_id: str | None = None,
         parent_subcall_id: str | None = None,
+        output: OutputSpec = UNTYPED,
     ) -> None:
         self.shared = shared
         self.config = shared.config
@@ -355,7 +394,9 @@ class _Run:
         # How the answer was read, when not plainly (see RLMResult).
         self.resolved_variable: str | None = None
         self.from_prose = False
-        self.subcalls = SubcallRouter(self)
+        self.output = output
+        tools = self.config.tools if depth == 0 else self.config.sub_tools
+        self.subcalls = SubcallRouter(self, ToolDispatch(tools, self, shared.tool_slots))
         self.started = time.perf_counter()
 
     # -- events ---------------------------------------------------------------------
@@ -387,7 +428,7 @@ class _Run:
         )
         repl: Repl | None = None
         stop: Stop | None = None
-        answer: str | None = None
+        answer: Answer | None = None
         try:
             repl = config.repl_factory()
             await repl.start(self.context, self.subcalls)
@@ -437,13 +478,12 @@ class _Run:
             format_instructions=self.config.parsing.instructions(),
             can_recurse=self.depth + 1 < self.config.max_depth,
             subcall_window_chars=window_chars(window) if window else None,
+            tools=self.subcalls.tool_stubs,
         )
-        return [
-            Message("system", system, cache_breakpoint=True),
-            Message("user", prompts.first_user_message(self.query, info)),
-        ]
+        first = prompts.first_user_message(self.query, info, self.output.instructions())
+        return [Message("system", system, cache_breakpoint=True), Message("user", first)]
 
-    async def _loop(self, repl: Repl, messages: list[Message]) -> tuple[Stop, str | None]:
+    async def _loop(self, repl: Repl, messages: list[Message]) -> tuple[Stop, Answer | None]:
         config = self.config
         parsing = config.parsing
         tools = parsing.tools()
@@ -473,16 +513,25 @@ class _Run:
                 if note:
                     outputs.append(note)
                     last_error = note
+            answer: Answer | None = None
+            if final is not None:
+                try:
+                    answer = self.output.accept(final)
+                except InvalidOutput as exc:
+                    # Not an answer: the model is told what to fix and the run goes on.
+                    note = prompts.invalid_answer(str(exc))
+                    outputs.append(note)
+                    last_error = note
             if not parsed.code_blocks and parsed.final is None:
                 messages.extend(parsing.reminder(response))
-            elif final is None or outputs:
+            elif answer is None or outputs:
                 messages.extend(parsing.feedback(parsed, outputs))
             self.history.append(
                 Iteration(
                     index=self.iteration,
                     response=response.text,
                     executions=tuple(executions),
-                    final_answer=final,
+                    final_answer=answer.text if answer is not None else None,
                     usage=usage_before,
                     duration_s=time.perf_counter() - turn_started,
                 )
@@ -490,19 +539,19 @@ class _Run:
             self.errors.append(last_error)
             if self.fatal is not None:
                 raise self.fatal
-            if final is not None:
+            if answer is not None:
                 await self.emit(
                     FinalAnswer(
                         **self._base(),
-                        answer=final,
+                        answer=answer.text,
                         source=source,
                         iteration=self.iteration,
                         resolved_variable=self.resolved_variable,
                     )
                 )
-            stop = self._check_termination(final)
+            stop = self._check_termination(answer.text if answer is not None else None)
             if stop is not None:
-                return stop, final
+                return stop, answer
 
     def _check_termination(self, final: str | None) -> Stop | None:
         snap = self.ledger.snapshot()
@@ -529,7 +578,9 @@ class _Run:
 
     async def _run_blocks(
         self, repl: Repl, parsed: ParsedReply
-    ) -> tuple[list[CodeExecution], list[str], str | None, Literal["code", "text"], str | None]:
+    ) -> tuple[
+        list[CodeExecution], list[str], FinalValue | None, Literal["code", "text"], str | None
+    ]:
         executions: list[CodeExecution] = []
         outputs: list[str] = []
         last_error: str | None = None
@@ -571,7 +622,8 @@ class _Run:
             if result.error:
                 last_error = result.error
             if result.final is not None:
-                return executions, outputs, result.final, "code", last_error
+                final = FinalValue(result.final, result.final_json)
+                return executions, outputs, final, "code", last_error
             if self.fatal is not None:
                 break
         return executions, outputs, None, "code", last_error
@@ -583,29 +635,30 @@ class _Run:
 
     async def _resolve_marker(
         self, repl: Repl, marker: FinalMarker
-    ) -> tuple[str | None, str | None, str | None]:
+    ) -> tuple[FinalValue | None, str | None, str | None]:
         """(answer, note for the model when there is none, the variable a bare
         `FINAL(name)` was read from)."""
         name = marker.bare_name
         if name is not None:
             found = await repl.lookup_variable(name)
             if found.value is not None:
-                return found.value, None, name
+                return FinalValue(found.value, found.json), None, name
         if marker.kind == "answer":
-            return marker.value, None, None
+            return FinalValue(marker.value), None, None
         lookup = await repl.lookup_variable(marker.value)
         if lookup.violation is not None:
             await self._violation(None, lookup.violation, lookup.error)
         if lookup.value is not None:
-            return lookup.value, None, None
+            return FinalValue(lookup.value, lookup.json), None, None
         return None, lookup.error, None
 
-    async def _ask_for_final(self, repl: Repl, messages: list[Message]) -> str | None:
+    async def _ask_for_final(self, repl: Repl, messages: list[Message]) -> Answer | None:
         """One last request for the answer when the run is out of iterations.
 
         Code in the reply runs first (a model may compute the answer there), in the same
         REPL and under the same budget; then the marker is resolved. Failing both, the
-        reply's prose is the answer, flagged `from_prose`.
+        reply's prose is the answer, flagged `from_prose`. With an output type, an
+        answer that does not validate is no answer (no output rather than an invalid one).
         """
         parsing = self.config.parsing
         ask = prompts.LAST_ITERATION_TOOLS if parsing.tools() else prompts.LAST_ITERATION
@@ -616,21 +669,26 @@ class _Run:
             )
         except (BudgetExceeded, ProviderError):
             return None
-        _, _, answer, _, _ = await self._run_blocks(repl, parsing.parse(response))
+        _, _, final, _, _ = await self._run_blocks(repl, parsing.parse(response))
         if self.fatal is not None:
             raise self.fatal
-        if answer is None:
+        if final is None:
             marker = parsing.parse_last_answer(response)
             if marker is not None:
-                answer, _, self.resolved_variable = await self._resolve_marker(repl, marker)
-        if answer is None:
-            answer = parsing.prose(response) or None
-            self.from_prose = answer is not None
+                final, _, self.resolved_variable = await self._resolve_marker(repl, marker)
+        if final is None:
+            prose = parsing.prose(response)
+            final = FinalValue(prose) if prose else None
+            self.from_prose = final is not None
+        try:
+            answer = self.output.accept(final) if final is not None else None
+        except InvalidOutput:
+            answer = None
         if answer is not None:
             await self.emit(
                 FinalAnswer(
                     **self._base(),
-                    answer=answer,
+                    answer=answer.text,
                     source="forced",
                     iteration=self.iteration,
                     resolved_variable=self.resolved_variable,
@@ -640,11 +698,13 @@ class _Run:
         return answer
 
     def _result(
-        self, answer: str | None, stop: Stop, error: BaseException | None = None
+        self, answer: Answer | None, stop: Stop, error: BaseException | None = None
     ) -> RLMResult:
         snap = self.ledger.snapshot()
         return RLMResult(
-            answer=answer,
+            answer=answer.text if answer is not None else None,
+            output=answer.value if answer is not None else None,
+            tool_calls=snap.tool_calls,
             stop_reason=stop.reason,
             iterations=self.iteration,
             total_input_tokens=snap.usage.input_tokens,

@@ -7,8 +7,8 @@ back (`event_from_dict`, `event_from_json`).
 
 Ids tie the tree together: a `ModelCallStarted` made by `llm_query` carries the
 `subcall_id` of its `SubcallStarted`, which carries the `exec_id` of the `CodeStarted`
-that made it; a child run's `RunStarted` carries its `parent_run_id` and the
-`parent_subcall_id` that started it.
+that made it (as does a `ToolCallStarted`); a child run's `RunStarted` carries its
+`parent_run_id` and the `parent_subcall_id` that started it.
 
 Long texts (prompts, replies, outputs) are cut to `MAX_EVENT_TEXT` characters in events;
 the `*_chars` fields keep the true lengths.
@@ -188,6 +188,32 @@ class SubcallFinished(BaseEvent):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallStarted(BaseEvent):
+    """The model's code called a user tool (`arguments`: their JSON, clipped)."""
+
+    kind: Literal["tool_call_started"] = "tool_call_started"
+    tool_call_id: str
+    exec_id: str | None
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallFinished(BaseEvent):
+    """A tool call ended: `result` is a preview of the JSON it returned, or `error` the
+    message the model's code got."""
+
+    kind: Literal["tool_call_finished"] = "tool_call_finished"
+    tool_call_id: str
+    name: str
+    ok: bool
+    result: str = ""
+    result_chars: int = 0
+    error: str | None = None
+    duration_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FinalAnswer(BaseEvent):
     """The run's answer. `source`: "code" (FINAL/FINAL_VAR called in code), "text" (a
     marker in the reply), "forced" (the reply to the last-answer request after
@@ -236,6 +262,8 @@ Event: TypeAlias = (
     | ReplViolation
     | SubcallStarted
     | SubcallFinished
+    | ToolCallStarted
+    | ToolCallFinished
     | FinalAnswer
     | RunFinished
     | RunFailed
@@ -252,6 +280,8 @@ EventKind: TypeAlias = Literal[
     "repl_violation",
     "subcall_started",
     "subcall_finished",
+    "tool_call_started",
+    "tool_call_finished",
     "final_answer",
     "run_finished",
     "run_failed",
@@ -270,6 +300,8 @@ EVENT_TYPES: dict[str, type[Any]] = {
         ReplViolation,
         SubcallStarted,
         SubcallFinished,
+        ToolCallStarted,
+        ToolCallFinished,
         FinalAnswer,
         RunFinished,
         RunFailed,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from rlm.errors import ConfigurationError
-from rlm.repl.base import ExecutionResult
+from rlm.repl.base import ExecutionResult, ToolStub
 from rlm.repl.output import cut_middle
 
 PREVIEW_CHARS = 500
@@ -150,7 +150,7 @@ concurrently, answers in order. Prefer it over calling llm_query in a loop.
 - `FINAL(answer)`: finish with `answer`. `FINAL_VAR(name)`: finish with the variable \
 called `name`.
 - `SHOW_VARS()`: list the variables you created.
-
+{tools}
 {format_instructions}
 
 How to work:
@@ -169,6 +169,27 @@ RLM_NOTE_RECURSIVE = (
 )
 RLM_NOTE_FLAT = "the same as llm_query here (no deeper recursion is allowed)."
 
+TOOLS_HEADER = (
+    "\nTools of the application, called from your code like functions (they run outside "
+    "the REPL; arguments and results are JSON values; a failing tool raises an "
+    "exception with its message):"
+)
+# The most a tool's description may add to the system prompt.
+TOOL_DESCRIPTION_CHARS = 200
+
+
+def tools_section(tools: Sequence[ToolStub]) -> str:
+    """The system prompt's list of user tools (empty without tools)."""
+    if not tools:
+        return ""
+    lines = [TOOLS_HEADER]
+    for tool in tools:
+        about = tool.description
+        if len(about) > TOOL_DESCRIPTION_CHARS:
+            about = about[: TOOL_DESCRIPTION_CHARS - 3] + "..."
+        lines.append(f"- `{tool.signature}`" + (f": {about}" if about else ""))
+    return "\n".join(lines) + "\n"
+
 
 def system_prompt(
     *,
@@ -176,6 +197,7 @@ def system_prompt(
     format_instructions: str,
     can_recurse: bool,
     subcall_window_chars: int | None,
+    tools: Sequence[ToolStub] = (),
 ) -> str:
     """The system prompt for one run."""
     window_note = (
@@ -188,15 +210,25 @@ def system_prompt(
         window_note=window_note,
         rlm_note=RLM_NOTE_RECURSIVE if can_recurse else RLM_NOTE_FLAT,
         format_instructions=format_instructions,
+        tools=tools_section(tools),
     )
 
 
-def first_user_message(query: str, info: ContextInfo) -> str:
-    """The query and what the context looks like."""
+def first_user_message(query: str, info: ContextInfo, answer_shape: str | None = None) -> str:
+    """The query, what the context looks like, and the shape the answer must have."""
+    shape = f"{answer_shape}\n\n" if answer_shape else ""
     return (
         f"Query: {query}\n\n"
         f"The context is a {context_summary(info)}. Preview:\n{info.preview}\n\n"
-        "Start by exploring `context` with code."
+        f"{shape}Start by exploring `context` with code."
+    )
+
+
+def invalid_answer(errors: str) -> str:
+    """What the model is told when its answer does not have the required shape."""
+    return (
+        "Your final answer was not accepted: it does not match the required shape.\n"
+        f"{errors}\nFix the value and give it again with FINAL(value) or FINAL_VAR(name)."
     )
 
 

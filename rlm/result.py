@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlm.budget import ModelUsage
 from rlm.providers.base import Usage
@@ -48,8 +48,11 @@ class Iteration:
 class RLMResult:
     """The outcome of a run.
 
-    `answer` is the final answer, or None when the run stopped without one (a budget,
-    deadline, cancellation or error stop before the model answered); `stop_reason` says
+    `answer` is the final answer's text, or None when the run stopped without one (a
+    budget, deadline, cancellation or error stop before the model answered); `output` is
+    the answer as a value: with `output_type`, a validated instance of it; without, the
+    value given to `FINAL`/`FINAL_VAR` (a dict stays a dict, and `answer` is its JSON)
+    or the text. `tool_calls` counts calls of user tools. `stop_reason` says
     why it stopped and `limit` names the budget limit when one was hit. Token totals,
     `usage` (by model) and `cost_usd` cover the whole run tree: every sub-call and child
     run. `cost_usd` is None when any model used has no known price.
@@ -76,6 +79,8 @@ class RLMResult:
     error: str | None = None
     resolved_variable: str | None = None
     from_prose: bool = False
+    output: Any = None
+    tool_calls: int = 0
 
     @property
     def ok(self) -> bool:

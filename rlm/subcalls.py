@@ -1,6 +1,7 @@
 """Sub-call routing: the engine side of `llm_query`, `rlm_query` and their batched forms.
 
-One `SubcallRouter` per run is the `ReplHost` its REPL calls back into. It resolves the
+One `SubcallRouter` per run is the `ReplHost` its REPL calls back into (tool calls are
+handed on to the run's `rlm.tools.ToolDispatch`). It resolves the
 sub-model, checks the prompt against the model's window, counts the sub-call against the
 budget, emits `SubcallStarted`/`SubcallFinished`, and sends the prompt either to a model
 (through the run's one model-call path) or to a child run. It knows the run only through
@@ -27,8 +28,9 @@ from rlm.errors import (
 from rlm.events import Event, SubcallFinished, SubcallStarted, clip, new_id
 from rlm.providers.base import Message, Model, ModelInfo, ModelResponse, describe_model
 from rlm.providers.registry import resolve_model
-from rlm.repl.base import LLMQueryError
+from rlm.repl.base import LLMQueryError, ToolError, ToolStub
 from rlm.result import RLMResult
+from rlm.tools import ToolDispatch
 
 CHARS_PER_TOKEN = 4
 # Share of a sub-model's window a prompt may fill; the rest is left for the reply.
@@ -122,11 +124,30 @@ class SubcallOwner(Protocol):
 
 
 class SubcallRouter:
-    """The `ReplHost` of one run: every sub-call its code makes goes through here."""
+    """The `ReplHost` of one run: every sub-call and tool call its code makes goes
+    through here (tool calls on to `rlm.tools.ToolDispatch`)."""
 
-    def __init__(self, run: SubcallOwner) -> None:
+    def __init__(self, run: SubcallOwner, tools: ToolDispatch | None = None) -> None:
         self.run = run
+        self.tools = tools
         self.tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def tool_stubs(self) -> Sequence[ToolStub]:
+        return self.tools.stubs if self.tools is not None else ()
+
+    async def call_tool(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if self.tools is None:
+            raise ToolError(f"there is no tool named {name!r}")
+        # Tracked like a sub-call, so the run's end cancels it and waits for its events.
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            return await self.tools.call(name, args, kwargs)
+        finally:
+            if task is not None:
+                self.tasks.discard(task)
 
     async def llm_query(self, prompt: str, model: str | None = None) -> str:
         return await self._subcall(prompt, model, recursive=False)

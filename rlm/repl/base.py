@@ -2,8 +2,9 @@
 
 The engine starts one REPL per run with the run's context and a `ReplHost`. Code in the
 REPL sees `context`, `llm_query`, `llm_query_batched`, `rlm_query`, `rlm_query_batched`,
-`FINAL`, `FINAL_VAR` and `SHOW_VARS` (see `HELPER_NAMES`); the sub-call helpers forward
-to the host, which runs on the engine's event loop. Implementations: `InProcessRepl`
+`FINAL`, `FINAL_VAR` and `SHOW_VARS` (see `HELPER_NAMES`), plus a stub per user tool
+(`ToolStub`); the sub-call helpers and the tool stubs forward to the host, which runs on
+the engine's event loop (a tool's function never enters the REPL). Implementations: `InProcessRepl`
 (fast, trusted code only) and `SubprocessRepl` (isolated worker process, the default).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 HELPER_NAMES: tuple[str, ...] = (
     "llm_query",
@@ -31,17 +32,32 @@ class LLMQueryError(RuntimeError):
     """Raised inside the model's code when a sub-call cannot be made or fails."""
 
 
+class ToolError(RuntimeError):
+    """Raised inside the model's code when a tool call fails: the tool's own message."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStub:
+    """What the REPL knows of a tool: enough to make a function that calls the host."""
+
+    name: str
+    signature: str
+    description: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:
     """What running one code block produced.
 
     `stdout`/`stderr` are the captured text (bounded: `*_chars` give the true lengths);
     `error` is the traceback (line numbers point into the block) or a one-line note when
-    the worker died; `final` is the answer given with `FINAL`/`FINAL_VAR` in this block;
-    `restarted` says a fresh worker replaced a dead one, so the variables were lost;
-    `violation` names the host's bound the worker broke when that was why (see
-    `ReplLimits`: "frame_bytes", "bytes_in_flight", "pending_calls", "json_depth",
-    "answer_chars", or "protocol" for a message that is not one).
+    the worker died; `final` is the answer text given with `FINAL`/`FINAL_VAR` in this
+    block, and `final_json` the JSON of that value when it was not a str (see
+    `rlm.repl.values.answer_parts`); `restarted` says a fresh worker replaced a dead
+    one, so the variables were lost; `violation` names the host's bound the worker
+    broke when that was why (see `ReplLimits`: "frame_bytes", "bytes_in_flight",
+    "pending_calls", "json_depth", "answer_chars", or "protocol" for a message that is
+    not one).
     """
 
     stdout: str
@@ -49,6 +65,7 @@ class ExecutionResult:
     error: str | None
     duration_s: float
     final: str | None = None
+    final_json: str | None = None
     stdout_chars: int = 0
     stderr_chars: int = 0
     restarted: bool = False
@@ -57,16 +74,28 @@ class ExecutionResult:
 
 @dataclass(frozen=True, slots=True)
 class VariableLookup:
-    """The text of a REPL variable for `FINAL_VAR`, or why there is none (`violation`
-    as in `ExecutionResult`)."""
+    """The text of a REPL variable for `FINAL_VAR` (and its JSON, as for `final_json`),
+    or why there is none (`violation` as in `ExecutionResult`)."""
 
     value: str | None
     error: str | None = None
     violation: str | None = None
+    json: str | None = None
 
 
 class ReplHost(Protocol):
-    """The engine side of the sub-call helpers. Failures raise `LLMQueryError`."""
+    """The engine side of the sub-call helpers and tools.
+
+    Sub-call failures raise `LLMQueryError`; tool failures raise `ToolError`. The
+    REPL makes a function for each of `tool_stubs` that calls `call_tool` with JSON
+    arguments and gets a JSON value back. (A host without these two members offers no
+    tools.)
+    """
+
+    @property
+    def tool_stubs(self) -> Sequence[ToolStub]: ...
+
+    async def call_tool(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any: ...
 
     async def llm_query(self, prompt: str, model: str | None = None) -> str: ...
 
@@ -100,6 +129,11 @@ class Repl(Protocol):
 
 
 ReplFactory = Callable[[], Repl]
+
+
+def host_tools(host: ReplHost) -> tuple[ToolStub, ...]:
+    """The tools `host` offers (none for a host written before tools existed)."""
+    return tuple(getattr(host, "tool_stubs", ()))
 
 
 def missing_variable_message(name: str, available: Sequence[str]) -> str:

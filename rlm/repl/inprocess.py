@@ -16,7 +16,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from rlm.repl.base import ExecutionResult, LLMQueryError, ReplHost, VariableLookup
+from rlm.repl.base import (
+    ExecutionResult,
+    LLMQueryError,
+    ReplHost,
+    ToolError,
+    VariableLookup,
+    host_tools,
+)
 from rlm.repl.namespace import Namespace, SubcallFunctions, outside_capture
 from rlm.repl.output import OutputBuffer
 
@@ -53,15 +60,19 @@ class InProcessRepl:
                 llm_query_batched=lambda ps, m: self._call(host.llm_query_batched(ps, m)),
                 rlm_query=lambda p, m: self._call(host.rlm_query(p, m)),
                 rlm_query_batched=lambda ps, m: self._call(host.rlm_query_batched(ps, m)),
+                call_tool=lambda n, a, k: self._call(host.call_tool(n, a, k), ToolError),
             ),
+            host_tools(host),
         )
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _call(
+        self, coro: Coroutine[Any, Any, T], error: type[RuntimeError] = LLMQueryError
+    ) -> T:
         """Run `coro` on the engine's loop and wait for it from the REPL thread."""
         assert self._loop is not None
         if self._closed:
             coro.close()
-            raise LLMQueryError("the run is over; no more sub-calls can be made")
+            raise error("the run is over; no more sub-calls or tool calls can be made")
         future: concurrent.futures.Future[T] = outside_capture(
             asyncio.run_coroutine_threadsafe, coro, self._loop
         )
@@ -70,7 +81,7 @@ class InProcessRepl:
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            raise LLMQueryError("the run was cancelled while this sub-call was running") from None
+            raise error("the run was cancelled while this call was running") from None
         finally:
             with self._pending_lock:
                 self._pending.discard(future)
@@ -93,6 +104,7 @@ class InProcessRepl:
             error=outcome.error,
             duration_s=time.perf_counter() - started,
             final=outcome.final,
+            final_json=outcome.final_json,
             stdout_chars=stdout.total_chars,
             stderr_chars=stderr.total_chars,
         )

@@ -25,7 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO, TypeVar
 
-from rlm.repl.base import HELPER_NAMES, RESERVED_NAMES, VariableLookup, missing_variable_message
+from rlm.repl.base import (
+    HELPER_NAMES,
+    RESERVED_NAMES,
+    ToolStub,
+    VariableLookup,
+    missing_variable_message,
+)
+from rlm.repl.values import NotJSON, answer_parts, to_json_value
 
 T = TypeVar("T")
 
@@ -91,22 +98,30 @@ def _ensure_routing_streams() -> None:
 
 SubcallFn = Callable[[str, str | None], str]
 BatchedSubcallFn = Callable[[list[str], str | None], list[str]]
+ToolCallFn = Callable[[str, list[Any], dict[str, Any]], Any]
+
+
+def _no_tools(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    raise NameError(f"no tool named {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class SubcallFunctions:
-    """How the namespace's sub-call helpers reach the engine (blocking calls)."""
+    """How the namespace's sub-call helpers and tool stubs reach the engine (blocking
+    calls). `call_tool` takes JSON arguments and returns a JSON value."""
 
     llm_query: SubcallFn
     llm_query_batched: BatchedSubcallFn
     rlm_query: SubcallFn
     rlm_query_batched: BatchedSubcallFn
+    call_tool: ToolCallFn = _no_tools
 
 
 @dataclass(frozen=True, slots=True)
 class CellOutcome:
     error: str | None
     final: str | None
+    final_json: str | None = None
 
 
 def _check_prompt(name: str, prompt: object) -> str:
@@ -134,12 +149,16 @@ def _check_model(name: str, model: object) -> str | None:
 class Namespace:
     """One persistent namespace holding `context` and the helper functions."""
 
-    def __init__(self, context: object, subcalls: SubcallFunctions) -> None:
+    def __init__(
+        self, context: object, subcalls: SubcallFunctions, tools: Sequence[ToolStub] = ()
+    ) -> None:
         self._cell = 0
-        self._final: str | None = None
+        self._final: tuple[str, str | None] | None = None
         self._builtins = dict(vars(builtins))
         self._builtins["print"] = self._print
         self._helpers = self._make_helpers(subcalls)
+        self._tools = {t.name: _tool_stub(t, subcalls.call_tool) for t in tools}
+        self._helpers.update(self._tools)
         self.globals: dict[str, Any] = {
             "__name__": "__main__",
             "__builtins__": self._builtins,
@@ -181,9 +200,9 @@ class Namespace:
             )
 
         def FINAL(answer: object) -> None:
-            """End the run with `answer` (converted to text)."""
+            """End the run with `answer`: text, or a value (sent as JSON)."""
             if self._final is None:
-                self._final = answer if isinstance(answer, str) else str(answer)
+                self._final = answer_parts(answer)
 
         def FINAL_VAR(name: object) -> None:
             """End the run with the value of the variable called `name`."""
@@ -191,11 +210,11 @@ class Namespace:
                 # The model passed the value itself; that is what it meant.
                 FINAL(name)
                 return
-            found = self.lookup(name.strip().strip("'\""))
-            if found.value is None:
-                self._print(found.error, file=_current_stderr())
+            key = name.strip().strip("'\"")
+            if not self._is_variable(key):
+                self._print(self.lookup(key).error, file=_current_stderr())
                 return
-            FINAL(found.value)
+            FINAL(self.globals[key])
 
         def SHOW_VARS() -> None:
             """Print the variables you created, with their types and sizes."""
@@ -225,6 +244,10 @@ class Namespace:
         assert set(helpers) == set(HELPER_NAMES)
         return helpers
 
+    @property
+    def tool_names(self) -> list[str]:
+        return list(self._tools)
+
     def _print(
         self,
         *args: object,
@@ -251,14 +274,24 @@ class Namespace:
             n
             for n, v in self.globals.items()
             if n not in RESERVED_NAMES
+            and n not in self._tools
             and not n.startswith("_")
             and not isinstance(v, types.ModuleType)
         ]
 
+    def _is_variable(self, name: str) -> bool:
+        return (
+            name in self.globals
+            and name not in HELPER_NAMES
+            and name not in self._tools
+            and name != "__builtins__"
+        )
+
     def lookup(self, name: str) -> VariableLookup:
-        if name in self.globals and name not in HELPER_NAMES and name != "__builtins__":
-            value = self.globals[name]
-            return VariableLookup(value=value if isinstance(value, str) else str(value))
+        """The answer text of a variable (JSON for structured values), and its JSON."""
+        if self._is_variable(name):
+            text, data = answer_parts(self.globals[name])
+            return VariableLookup(value=text, json=data)
         return VariableLookup(value=None, error=missing_variable_message(name, self.variables()))
 
     def run(self, code: str, stdout: TextSink, stderr: TextSink) -> CellOutcome:
@@ -297,7 +330,8 @@ class Namespace:
                     f"note: {', '.join(restored)} {'is a' if len(restored) == 1 else 'are'} "
                     "built-in helper(s) and was restored; use another name for your variable.\n"
                 )
-        return CellOutcome(error=error, final=self._final)
+        final, final_json = self._final or (None, None)
+        return CellOutcome(error=error, final=final, final_json=final_json)
 
     def _restore_helpers(self) -> list[str]:
         restored = []
@@ -308,6 +342,23 @@ class Namespace:
         if self.globals.get("__builtins__") is not self._builtins:
             self.globals["__builtins__"] = self._builtins
         return restored
+
+
+def _tool_stub(stub: ToolStub, call: ToolCallFn) -> Callable[..., Any]:
+    """The REPL's function for a tool: JSON arguments out, a JSON value back."""
+    name = stub.name
+
+    def tool(*args: object, **kwargs: object) -> Any:
+        try:
+            json_args = [to_json_value(a, f"argument {i + 1}") for i, a in enumerate(args)]
+            json_kwargs = {k: to_json_value(v, f"argument {k!r}") for k, v in kwargs.items()}
+        except NotJSON as exc:
+            raise TypeError(f"{name}(): {exc}. Tool arguments travel as JSON.") from None
+        return call(name, json_args, json_kwargs)
+
+    tool.__name__ = tool.__qualname__ = name
+    tool.__doc__ = f"{stub.signature}\n\n{stub.description}".strip()
+    return tool
 
 
 def _current_stderr() -> Any:

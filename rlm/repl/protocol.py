@@ -16,15 +16,19 @@ Messages (`op` names the kind):
 | direction | op | fields |
 | --- | --- | --- |
 | worker -> host | `spawned` | (imports done, ready for `load`) |
-| host -> worker | `load` | `sys_path`, `limits`, `context` (inline or a file in the scratch dir) |
+| host -> worker | `load` | `sys_path`, `limits`, `tools`, `context` (inline or streamed) |
 | worker -> host | `loaded` / `load_failed` | `error` |
 | host -> worker | `exec` | `id`, `code` |
 | worker -> host | `call` | `id`, `fn`, `prompt` or `prompts`, `model` (a sub-call) |
+| worker -> host | `call` | `id`, `fn="tool"`, `name`, `args` (list), `kwargs` (object) |
 | host -> worker | `reply` | `id`, `ok`, `value` or `error` |
 | host -> worker | `interrupt` | `id` (the block hit its time limit) |
-| worker -> host | `done` | `id`, `stdout`, `stderr`, `*_chars`, `error`, `final` |
+| worker -> host | `done` | `id`, `stdout`, `stderr`, `*_chars`, `error`, `final`, `final_json` |
 | host -> worker | `lookup` | `name` |
-| worker -> host | `lookup_result` | `value`, `error` |
+| worker -> host | `lookup_result` | `value`, `error`, `json` |
+
+`tools` lists each user tool's `name`, `signature` and `description` (the worker makes a
+stub that sends a `tool` call); tool arguments and results are JSON values.
 
 This module imports only the standard library: the worker loads it at start-up.
 """
@@ -42,3 +46,5 @@ EXIT_LOST_CONNECTION = 86
 
 SUBCALL_FUNCTIONS = frozenset({"llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched"})
 BATCHED_FUNCTIONS = frozenset({"llm_query_batched", "rlm_query_batched"})
+# The `fn` of a tool call: the tool's name travels in `name`, its arguments as JSON.
+TOOL_CALL = "tool"

@@ -41,9 +41,17 @@ from typing import Any, Literal
 
 from rlm.errors import ReplError
 from rlm.repl import workers
-from rlm.repl.base import ExecutionResult, LLMQueryError, ReplFactory, ReplHost, VariableLookup
+from rlm.repl.base import (
+    ExecutionResult,
+    LLMQueryError,
+    ReplFactory,
+    ReplHost,
+    ToolError,
+    VariableLookup,
+    host_tools,
+)
 from rlm.repl.output import OutputBuffer
-from rlm.repl.protocol import BATCHED_FUNCTIONS, HEADER, MAX_FRAME, SUBCALL_FUNCTIONS
+from rlm.repl.protocol import BATCHED_FUNCTIONS, HEADER, MAX_FRAME, SUBCALL_FUNCTIONS, TOOL_CALL
 from rlm.repl.sandbox import Isolation, ReplLimits, describe_exit
 from rlm.repl.transfer import (
     BATCH_ITEMS,
@@ -119,6 +127,13 @@ def _check_message(message: object, limits: ReplLimits) -> dict[str, Any]:
         need("error", _STR_OR_NONE)
         need("final", _STR_OR_NONE)
         _answer_within(message["final"], limits)
+        need("final_json", _STR_OR_NONE)
+        _answer_within(message["final_json"], limits)
+    elif op == "call" and message.get("fn") == TOOL_CALL:
+        need("id", int)
+        need("name", str)
+        need("args", list)
+        need("kwargs", dict)
     elif op == "call":
         need("id", int)
         need("model", _STR_OR_NONE)
@@ -135,6 +150,8 @@ def _check_message(message: object, limits: ReplLimits) -> dict[str, Any]:
         need("value", _STR_OR_NONE)
         need("error", _STR_OR_NONE)
         _answer_within(message["value"], limits)
+        need("json", _STR_OR_NONE)
+        _answer_within(message["json"], limits)
     elif op == "load_failed":
         need("error", str)
     elif op not in ("spawned", "loaded"):
@@ -304,11 +321,15 @@ class _Connection:
         self._held -= size
 
     async def _serve_call(self, message: dict[str, Any]) -> None:
-        fn, model = message["fn"], message["model"]
+        fn, model = message["fn"], message.get("model")
         reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
         try:
-            if fn == "llm_query":
-                value: Any = await self.host.llm_query(message["prompt"], model)
+            if fn == TOOL_CALL:
+                value: Any = await self.host.call_tool(
+                    message["name"], message["args"], message["kwargs"]
+                )
+            elif fn == "llm_query":
+                value = await self.host.llm_query(message["prompt"], model)
             elif fn == "rlm_query":
                 value = await self.host.rlm_query(message["prompt"], model)
             elif fn == "llm_query_batched":
@@ -316,7 +337,7 @@ class _Connection:
             else:
                 value = await self.host.rlm_query_batched(message["prompts"], model)
             reply.update(ok=True, value=value)
-        except LLMQueryError as exc:
+        except (LLMQueryError, ToolError) as exc:
             reply.update(ok=False, error=str(exc))
         except Exception as exc:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -592,6 +613,10 @@ class SubprocessRepl:
             "sys_path": [p for p in sys.path if p and os.path.isabs(p)],
             "limits": self._limits_message(process),
             "max_frame": MAX_FRAME,
+            "tools": [
+                {"name": t.name, "signature": t.signature, "description": t.description}
+                for t in (host_tools(self._host) if self._host is not None else ())
+            ],
             "context": spec,
         }
         loaded = conn.expect("load")
@@ -762,6 +787,7 @@ class SubprocessRepl:
             error=error,
             duration_s=time.perf_counter() - started,
             final=message["final"],
+            final_json=message.get("final_json"),
             stdout_chars=stdout_chars,
             stderr_chars=stderr_chars,
         )
@@ -831,7 +857,9 @@ class SubprocessRepl:
                         f"({self.limits.wall_seconds:g} s) and was stopped."
                     ),
                 )
-            return VariableLookup(value=message["value"], error=message["error"])
+            return VariableLookup(
+                value=message["value"], error=message["error"], json=message.get("json")
+            )
 
     async def close(self) -> None:
         self._closed = True

@@ -145,11 +145,15 @@ def _reader(state: _State) -> None:
 
 
 def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
+    from rlm.repl.base import ToolError
     from rlm.repl.namespace import SubcallFunctions
+    from rlm.repl.protocol import TOOL_CALL
 
     def call(fn: str, payload: dict[str, Any]) -> Any:
+        error = ToolError if fn == TOOL_CALL else error_type
+        shown = payload["name"] if fn == TOOL_CALL else fn
         if state.forked:
-            raise error_type(f"{fn}() is not available in a process forked from the REPL")
+            raise error(f"{shown}() is not available in a process forked from the REPL")
         call_id = next(state.call_ids)
         slot = _Slot()
         with state.pending_lock:
@@ -158,8 +162,8 @@ def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
             try:
                 state.send({"op": "call", "id": call_id, "fn": fn, **payload})
             except _TooLarge as exc:
-                raise error_type(
-                    f"{fn}(): the request is too large to send ({exc}); send smaller prompts"
+                raise error(
+                    f"{shown}(): the request is too large to send ({exc}); send less"
                 ) from None
             slot.event.wait()
         finally:
@@ -169,13 +173,14 @@ def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
         assert reply is not None
         if reply.get("ok"):
             return reply["value"]
-        raise error_type(str(reply.get("error")))
+        raise error(str(reply.get("error")))
 
     return SubcallFunctions(
         llm_query=lambda p, m: call("llm_query", {"prompt": p, "model": m}),
         llm_query_batched=lambda ps, m: call("llm_query_batched", {"prompts": ps, "model": m}),
         rlm_query=lambda p, m: call("rlm_query", {"prompt": p, "model": m}),
         rlm_query_batched=lambda ps, m: call("rlm_query_batched", {"prompts": ps, "model": m}),
+        call_tool=lambda n, a, k: call(TOOL_CALL, {"name": n, "args": a, "kwargs": k}),
     )
 
 
@@ -420,7 +425,7 @@ def _set_cpu_budget(seconds: float | None) -> None:
 
 
 def _serve(state: _State) -> None:
-    from rlm.repl.base import LLMQueryError
+    from rlm.repl.base import LLMQueryError, ToolStub
     from rlm.repl.namespace import Namespace
     from rlm.repl.output import OutputBuffer, cut_middle
     namespace: Namespace | None = None
@@ -464,7 +469,10 @@ def _serve(state: _State) -> None:
                     raise _LoadFailed(message["error"])
                 limits.update(message["limits"])
                 state.max_frame = int(message["max_frame"])
-                namespace = Namespace(message.pop("value"), _make_subcalls(state, LLMQueryError))
+                tools = [ToolStub(**t) for t in message.get("tools", ())]
+                namespace = Namespace(
+                    message.pop("value"), _make_subcalls(state, LLMQueryError), tools
+                )
                 del message
                 _apply_limits(limits)
             except _LoadFailed as exc:
@@ -479,13 +487,14 @@ def _serve(state: _State) -> None:
             stdout, stderr = OutputBuffer(half, half), OutputBuffer(half, half)
             error: str | None
             final: str | None = None
+            final_json: str | None = None
             try:
                 with state.exec_lock:
                     state.executing = message["id"]
                 _set_cpu_budget(limits.get("cpu_seconds"))
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 outcome = namespace.run(message["code"], stdout, stderr)
-                error, final = outcome.error, outcome.final
+                error, final, final_json = outcome.error, outcome.final, outcome.final_json
             except BaseException as exc:  # a signal that landed outside the block's frames
                 error = f"{type(exc).__name__}: {exc}"
             finally:
@@ -500,6 +509,7 @@ def _serve(state: _State) -> None:
             final, final_error = answer(final)
             if final_error:
                 error = f"{error}\n{final_error}" if error else final_error
+                final_json = None
             reply = {
                 "op": "done",
                 "id": message["id"],
@@ -509,11 +519,21 @@ def _serve(state: _State) -> None:
                 "stderr_chars": stderr.total_chars,
                 "error": capped(error),
                 "final": final,
+                "final_json": final_json,
             }
             try:
                 state.send(reply)
             except _TooLarge as exc:
-                state.send({**reply, "stdout": "", "stderr": "", "final": None, "error": str(exc)})
+                state.send(
+                    {
+                        **reply,
+                        "stdout": "",
+                        "stderr": "",
+                        "final": None,
+                        "final_json": None,
+                        "error": str(exc),
+                    }
+                )
         elif op == "lookup" and namespace is not None:
             try:
                 with state.exec_lock:
@@ -521,12 +541,15 @@ def _serve(state: _State) -> None:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 found = namespace.lookup(message["name"])
                 value, error = answer(found.value)
+                data = found.json if value is not None else None
                 error = error or found.error
             except BaseException as exc:
-                value, error = None, f"{type(exc).__name__}: {exc}"
+                value, error, data = None, f"{type(exc).__name__}: {exc}", None
             finally:
                 _quiet_sigint(state)
-            state.send({"op": "lookup_result", "value": value, "error": capped(error)})
+            state.send(
+                {"op": "lookup_result", "value": value, "error": capped(error), "json": data}
+            )
         elif op == "exec":
             note = "the REPL has no context loaded"
             state.send(

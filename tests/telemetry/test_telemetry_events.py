@@ -23,6 +23,7 @@ from rlm.events import (
 )
 from rlm.providers.base import ModelRequest
 from rlm.testing import FunctionModel, ScriptedModel
+from tests.telemetry.conftest import TREE_CODE
 
 
 def test_a_subscriber_that_raises_does_not_break_the_run(caplog):
@@ -135,11 +136,24 @@ async def test_stream_raises_after_yielding_run_failed():
     assert events[-1].error_type == "AuthenticationError"
 
 
+def shout(text: str) -> str:
+    """A tool for the run below."""
+    return text.upper()
+
+
 def test_events_from_a_real_run_survive_json(tree):
-    root, sub = tree
+    _, sub = tree
+    root = ScriptedModel([TREE_CODE, "```repl\nprint(shout('hi'))\n```", "FINAL(all done)"])
     events: list[Event] = []
     rlm.run(
-        "q", "ctx", model=root, sub_model=sub, max_depth=2, repl="inprocess", on_event=events.append
+        "q",
+        "ctx",
+        model=root,
+        sub_model=sub,
+        max_depth=2,
+        repl="inprocess",
+        on_event=events.append,
+        tools=[shout],
     )
     rare = {"model_retry", "run_failed", "repl_violation"}
     assert {e.kind for e in events} >= set(EVENT_TYPES) - rare
@@ -147,8 +161,23 @@ def test_events_from_a_real_run_survive_json(tree):
         assert event_from_json(event_to_json(event)) == event
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def any_event(kind: str) -> st.SearchStrategy[Event]:
+    if kind == "run_finished":
+        # A result's `output` is whatever the answer was: JSON values in a trajectory.
+        result = st.builds(rlm.RLMResult, output=JSON_VALUES)
+        return st.builds(RunFinished, result=result)
+    return st.builds(EVENT_TYPES[kind])
+
+
 @settings(max_examples=300)
-@given(st.sampled_from(sorted(EVENT_TYPES)).flatmap(lambda kind: st.builds(EVENT_TYPES[kind])))
+@given(st.sampled_from(sorted(EVENT_TYPES)).flatmap(any_event))
 def test_every_event_type_round_trips_through_json(event: Event):
     text = event_to_json(event)
     back = event_from_json(text)
