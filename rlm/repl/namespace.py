@@ -18,6 +18,7 @@ import ast
 import builtins
 import contextvars
 import linecache
+import os
 import sys
 import threading
 import traceback
@@ -366,10 +367,25 @@ def _current_stderr() -> Any:
     return sinks.stderr if sinks is not None else sys.stderr
 
 
+# rlm's own source files: their frames are never shown to the model.
+_RLM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def _format_exception(exc: BaseException) -> str:
-    """The traceback from the model's own frames on (ours are dropped)."""
+    """The traceback from the model's own frames on, without rlm's frames (a helper's or
+    a tool stub's failure reads as a failure of the call in the model's code)."""
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb)
-    return "".join(lines).rstrip()
+    report = traceback.TracebackException(type(exc), exc, tb)
+    seen: set[int] = set()
+    pending: list[traceback.TracebackException | None] = [report]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = [f for f in current.stack if not f.filename.startswith(_RLM_DIR)]
+        current.stack = traceback.StackSummary.from_list(frames)
+        pending += [current.__cause__, current.__context__]
+    return "".join(report.format()).rstrip()
