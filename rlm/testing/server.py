@@ -19,7 +19,10 @@ details included (`rlm.testing.wire` renders them). Replies
 come from a script (a queue of steps, consumed in request order) and then from an
 optional `handler(request)`; a step is a reply text, a `Reply`, an `ErrorReply` (a status
 with headers such as `retry-after`), a `RawReply` (any body, e.g. malformed JSON), a
-`Disconnect`, or a callable of the `RecordedRequest` returning one of those. Delays
+`Disconnect`, or a callable of the `RecordedRequest` returning one of those. A callable
+can answer by prompt without parsing any wire format: `request.view` gives the system
+text, the messages as plain text and the last user text, the same for every endpoint
+(`rlm.testing.view`); `request.json` is the raw body. Delays
 (`latency_s`, `delay_s`) are asyncio sleeps: requests are served concurrently, so many
 in flight take about as long as one.
 
@@ -44,6 +47,7 @@ from typing import Any, Literal, TypeAlias
 
 from rlm.providers.base import ToolCall
 from rlm.testing import wire
+from rlm.testing.view import RequestView, view_of
 
 Api = Literal["openai", "responses", "anthropic"]
 
@@ -133,6 +137,13 @@ class RecordedRequest:
     def model(self) -> str | None:
         """The `model` field of the JSON body, if any."""
         return self.json.get("model") if isinstance(self.json, dict) else None
+
+    @property
+    def view(self) -> RequestView:
+        """The conversation, whatever the wire format: `view.system`, `view.messages`
+        (plain text), `view.last_user`, `view.transcript`, `view.tools`
+        (see `rlm.testing.view`)."""
+        return view_of(self.api, self.json)
 
 
 Answer: TypeAlias = str | Reply | ErrorReply | RawReply | Disconnect

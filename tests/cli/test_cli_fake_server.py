@@ -30,18 +30,11 @@ FINAL(str(total))
 RECORD = re.compile(r"Department: ([^|]+?) \| .*?Salary: \$([\d,]+)")
 
 
-def _text(message: dict[str, object]) -> str:
-    content = message.get("content", "")
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content)
-
-
 def salary_handler(request: RecordedRequest) -> str:
     """An RLM model that codes the answer, and a direct model that reads the prompt."""
-    messages = [m for m in request.json["messages"] if m.get("role") != "system"]
-    if len(messages) == 1 and "Using the text above" in _text(messages[0]):
-        prompt = _text(messages[0])
+    messages = request.view.messages
+    if len(messages) == 1 and "Using the text above" in messages[0].text:
+        prompt = messages[0].text
         total = sum(
             int(s.replace(",", "")) for d, s in RECORD.findall(prompt) if d == "Engineering"
         )
