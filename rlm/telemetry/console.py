@@ -49,6 +49,8 @@ from rlm.events import (
     RunStarted,
     SubcallFinished,
     SubcallStarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from rlm.result import RLMResult
 
@@ -294,6 +296,10 @@ class ConsoleView:
             self._subcall_started(run, event)
         elif isinstance(event, SubcallFinished):
             self._subcall_finished(run, event)
+        elif isinstance(event, ToolCallStarted):
+            run.status = f"waiting for tool {event.name}"
+        elif isinstance(event, ToolCallFinished):
+            self._tool_call_finished(run, event)
         elif isinstance(event, FinalAnswer):
             run.pending_reply = None
             if run.depth == 0:
@@ -430,6 +436,19 @@ class ConsoleView:
             )
         else:
             line = Text(f"↳ {name} → {model} · failed: {event.error}", "red")
+        self._print(run.depth + 1, line)
+
+    def _tool_call_finished(self, run: _RunView, event: ToolCallFinished) -> None:
+        if not self._visible(run.depth):
+            return
+        if event.ok:
+            line = Text(
+                f"↳ tool {event.name} · ok · {event.duration_s:.2f} s · "
+                f"{event.result_chars:,} chars",
+                "dim",
+            )
+        else:
+            line = Text(f"↳ tool {event.name} · failed: {(event.error or '')[:300]}", "red")
         self._print(run.depth + 1, line)
 
     def _end_batch(self, run: _RunView, batch: _Batch) -> None:

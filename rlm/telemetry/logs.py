@@ -41,6 +41,8 @@ from rlm.events import (
     RunStarted,
     SubcallFinished,
     SubcallStarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from rlm.telemetry._common import error_type_of
 from rlm.telemetry.semconv import LOG_EVENT_NAMES
@@ -67,7 +69,9 @@ def event_level(event: Event) -> int:
         return logging.DEBUG if event.purpose == "subcall" else logging.INFO
     if isinstance(event, SubcallFinished):
         return logging.DEBUG if event.ok else logging.WARNING
-    if isinstance(event, ModelCallStarted | CodeStarted | SubcallStarted):
+    if isinstance(event, ToolCallFinished):
+        return logging.INFO if event.ok else logging.WARNING
+    if isinstance(event, ModelCallStarted | CodeStarted | SubcallStarted | ToolCallStarted):
         return logging.DEBUG
     return logging.INFO
 
@@ -178,6 +182,19 @@ def event_fields(event: Event, *, include_content: bool = False) -> dict[str, An
             error=event.error,
         )
         content["response"] = event.response
+    elif isinstance(event, ToolCallStarted):
+        fields.update(tool_call_id=event.tool_call_id, exec_id=event.exec_id, name=event.name)
+        content["arguments"] = event.arguments
+    elif isinstance(event, ToolCallFinished):
+        fields.update(
+            tool_call_id=event.tool_call_id,
+            name=event.name,
+            ok=event.ok,
+            duration_s=round(event.duration_s, 4),
+            result_chars=event.result_chars,
+            error=event.error,
+        )
+        content["result"] = event.result
     elif isinstance(event, FinalAnswer):
         fields.update(
             source=event.source,
@@ -230,6 +247,8 @@ def _operation_key(event: Event) -> tuple[str, str, str] | None:
         return ("call", event.run_id, event.call_id)
     if isinstance(event, CodeStarted | CodeExecuted):
         return ("code", event.run_id, event.exec_id)
+    if isinstance(event, ToolCallStarted | ToolCallFinished):
+        return ("tool", event.run_id, event.tool_call_id)
     return None
 
 

@@ -52,9 +52,7 @@ from rlm.events import (
 from rlm.telemetry import semconv as sc
 from rlm.telemetry._common import ERROR_NAME, error_type_of
 
-#: The event kind counted in `rlm.tool_calls`. The tool-call events are not in
-#: `rlm.events` yet: once `ToolCallFinished` (kind "tool_call_finished", with `name`,
-#: `ok` and `error`) is, each one is counted with no change here.
+#: The event kind counted in `rlm.tool_calls` (`ToolCallFinished`).
 TOOL_CALL_FINISHED = "tool_call_finished"
 
 

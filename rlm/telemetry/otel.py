@@ -16,6 +16,7 @@ invoke_agent rlm                    a run (INTERNAL)
 ├── chat {model}                    a model call of an iteration (CLIENT)
 └── execute_tool repl               a code block the model wrote (INTERNAL)
     ├── chat {sub_model}            an llm_query / llm_query_batched sub-call
+    ├── execute_tool {name}         a call of a user tool (`tools=[...]`)
     └── invoke_agent rlm            an rlm_query child run, with its own tree
 ```
 
@@ -60,12 +61,16 @@ from rlm.events import (
     RunStarted,
     SubcallFinished,
     SubcallStarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from rlm.providers.base import Usage
 from rlm.telemetry import semconv as sc
 from rlm.telemetry._common import ERROR_NAME, capture_content_from_env, error_type_of
 
 CANCELLED = "cancelled"
+# error.type of a failed user tool call (its message says what the tool raised).
+TOOL_ERROR = "ToolError"
 
 
 def _ns(timestamp: float) -> int:
@@ -168,6 +173,7 @@ class OTelSubscriber:
         self._subcalls: dict[str, _Subcall] = {}
         self._calls: dict[str, _Open] = {}
         self._execs: dict[str, _Open] = {}
+        self._tools: dict[str, _Open] = {}
         self._handlers: Mapping[str, Callable[[Any], None]] = {
             "run_started": self._run_started,
             "iteration_started": self._iteration_started,
@@ -179,6 +185,8 @@ class OTelSubscriber:
             "repl_violation": self._repl_violation,
             "subcall_started": self._subcall_started,
             "subcall_finished": self._subcall_finished,
+            "tool_call_started": self._tool_call_started,
+            "tool_call_finished": self._tool_call_finished,
             "final_answer": self._final_answer,
             "run_finished": self._run_finished,
             "run_failed": self._run_failed,
@@ -330,6 +338,7 @@ class OTelSubscriber:
         for key, opened in reversed(list(state.open.items())):
             self._calls.pop(key, None)
             self._execs.pop(key, None)
+            self._tools.pop(key, None)
             self._fail(opened.span, CANCELLED, "did not finish: the run ended first")
             self._end(opened, timestamp)
         for subcall_id in state.subcalls:
@@ -463,6 +472,39 @@ class OTelSubscriber:
             kind = error_type_of(e.error)
             # A traceback's message may quote data: keep it out unless content is on.
             self._fail(span, kind, e.error.strip()[-2000:] if self.capture_content else kind)
+        self._end(opened, e.timestamp)
+
+    # -- user tools --------------------------------------------------------------------
+
+    def _tool_call_started(self, e: ToolCallStarted) -> None:
+        state = self._runs[e.run_id]
+        assert state.run is not None
+        parent = (self._execs.get(e.exec_id) if e.exec_id else None) or state.run
+        attrs: dict[str, AttributeValue] = {
+            sc.GEN_AI_OPERATION_NAME: sc.OPERATION_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: e.name,
+            sc.GEN_AI_TOOL_TYPE: sc.TOOL_TYPE,
+            sc.GEN_AI_TOOL_CALL_ID: e.tool_call_id,
+            **self._base(e.run_id, e.depth),
+        }
+        if self.capture_content:
+            attrs[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = e.arguments
+        opened = self._start(
+            sc.tool_span_name(e.name), parent.ctx, SpanKind.INTERNAL, attrs, e.timestamp
+        )
+        self._tools[e.tool_call_id] = opened
+        state.open[e.tool_call_id] = opened
+
+    def _tool_call_finished(self, e: ToolCallFinished) -> None:
+        opened = self._tools.pop(e.tool_call_id, None)
+        if opened is None:
+            return
+        self._runs[e.run_id].open.pop(e.tool_call_id, None)
+        if not e.ok:
+            # The message may quote data: keep it out unless content is on.
+            self._fail(opened.span, TOOL_ERROR, e.error if self.capture_content else None)
+        elif self.capture_content:
+            opened.span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, e.result)
         self._end(opened, e.timestamp)
 
     # -- sub-calls ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ Span names:
 - a run:         `invoke_agent rlm`   (`gen_ai.operation.name = "invoke_agent"`, INTERNAL)
 - a model call:  `chat {model}`       (`gen_ai.operation.name = "chat"`, CLIENT)
 - a code block:  `execute_tool repl`  (`gen_ai.operation.name = "execute_tool"`, INTERNAL)
+- a user tool:   `execute_tool {name}` (under its code block's span, INTERNAL)
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
 GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
 GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
 GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+# Opt-in (content capture): a user tool call's JSON arguments and result.
+GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
 # Content (only with capture_content on).
 GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
@@ -158,6 +162,11 @@ SPAN_RUN: Final = f"{OPERATION_INVOKE_AGENT} {AGENT_NAME}"
 SPAN_CODE: Final = f"{OPERATION_EXECUTE_TOOL} {TOOL_NAME}"
 
 
+def tool_span_name(name: str) -> str:
+    """The name of a user tool call's span: `execute_tool {name}`."""
+    return f"{OPERATION_EXECUTE_TOOL} {name}"
+
+
 def chat_span_name(model: str) -> str:
     """The name of a model call's span: `chat {model}`."""
     return f"{OPERATION_CHAT} {model}"
@@ -175,6 +184,8 @@ LOG_EVENT_NAMES: Final[dict[str, str]] = {
     "code_executed": "rlm.code.executed",
     "subcall_started": "rlm.subcall.started",
     "subcall_finished": "rlm.subcall.finished",
+    "tool_call_started": "rlm.tool_call.started",
+    "tool_call_finished": "rlm.tool_call.finished",
     "final_answer": "rlm.final_answer",
     "run_finished": "rlm.run.finished",
     "run_failed": "rlm.run.failed",

@@ -49,6 +49,8 @@ from rlm.events import (
     RunStarted,
     SubcallFinished,
     SubcallStarted,
+    ToolCallFinished,
+    ToolCallStarted,
     event_from_dict,
     event_to_json,
 )
@@ -192,6 +194,21 @@ class SubcallRecord:
 
 
 @dataclass(slots=True)
+class ToolCallRecord:
+    """One call of a user tool made by a code block; `ok` is None while unfinished."""
+
+    tool_call_id: str
+    name: str
+    arguments: str
+    started_at: float
+    ok: bool | None = None
+    result: str = ""
+    result_chars: int = 0
+    error: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass(slots=True)
 class CodeRecord:
     """One code block run in the REPL and what it produced; `finished` is False when the
     file ends before the block did."""
@@ -209,6 +226,7 @@ class CodeRecord:
     restarted: bool = False
     violation: str | None = None
     subcalls: list[SubcallRecord] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -433,6 +451,7 @@ class _Builder:
         self.calls: dict[str, ModelCallRecord] = {}
         self.codes: dict[str, CodeRecord] = {}
         self.subcalls: dict[str, SubcallRecord] = {}
+        self.tool_calls: dict[str, ToolCallRecord] = {}
 
     def iteration(self, run: RunRecord, index: int, timestamp: float) -> IterationRecord:
         for it in reversed(run.iterations):
@@ -502,6 +521,25 @@ class _Builder:
                 sub.error = event.error
                 sub.duration_s = event.duration_s
                 sub.child_run_id = event.child_run_id
+        elif isinstance(event, ToolCallStarted):
+            started = ToolCallRecord(
+                tool_call_id=event.tool_call_id,
+                name=event.name,
+                arguments=event.arguments,
+                started_at=event.timestamp,
+            )
+            self.tool_calls[event.tool_call_id] = started
+            caller = self.codes.get(event.exec_id) if event.exec_id else None
+            if caller is not None:
+                caller.tool_calls.append(started)
+        elif isinstance(event, ToolCallFinished):
+            ended = self.tool_calls.get(event.tool_call_id)
+            if ended is not None:
+                ended.ok = event.ok
+                ended.result = event.result
+                ended.result_chars = event.result_chars
+                ended.error = event.error
+                ended.duration_s = event.duration_s
         elif isinstance(event, FinalAnswer):
             run.final_answer = event.answer
             run.final_source = event.source

@@ -11,7 +11,8 @@ iteration  {index, started, ended, calls: [call], blocks: [block], final,
 call       {id, model, purpose, prompt_chars, message_count, last_message, text, text_chars,
             finish_reason, error, latency_s, tokens_in, tokens_out, cost, retries: [...]}
 block      {id, index, code, stdout, stderr, error, duration_s, restarted, done,
-            subcalls: [subcall], tokens_in, tokens_out, cost}
+            subcalls: [subcall], tools: [tool], tokens_in, tokens_out, cost}
+tool       {id, name, arguments, ok, result, result_chars, error, duration_s}
 subcall    {id, model, recursive, prompt, prompt_chars, batch_index, batch_size, ok,
             response, response_chars, error, duration_s, call, child: run | None,
             tokens_in, tokens_out, cost}
@@ -104,6 +105,19 @@ def _block_node(code: CodeRecord, mapped: set[str]) -> Node:
         "restarted": code.restarted,
         "done": code.finished,
         "subcalls": [_subcall_node(s, mapped) for s in code.subcalls],
+        "tools": [
+            {
+                "id": t.tool_call_id,
+                "name": t.name,
+                "arguments": t.arguments,
+                "ok": t.ok,
+                "result": t.result,
+                "result_chars": t.result_chars,
+                "error": t.error,
+                "duration_s": t.duration_s,
+            }
+            for t in code.tool_calls
+        ],
         "tokens_in": 0,
         "tokens_out": 0,
         "cost": 0.0,

@@ -345,6 +345,7 @@
     var badges = [
       block.duration_s !== null ? badge(seconds(block.duration_s)) : badge("did not finish", "warn"),
       block.subcalls.length ? badge(plural(block.subcalls.length, "sub-call")) : null,
+      block.tools && block.tools.length ? badge(plural(block.tools.length, "tool call")) : null,
     ].concat(costBadges(block), [
       block.error ? badge("error", "bad") : null,
       block.restarted ? badge("REPL restarted", "warn") : null,
@@ -366,6 +367,17 @@
         box.appendChild(el("div", "label", "sub-calls (" + int(block.subcalls.length) + ")"));
         body.appendChild(box);
         paged(box, block.subcalls, renderSubcall);
+      }
+      if (block.tools && block.tools.length) {
+        var tools = el("div", "section");
+        tools.appendChild(el("div", "label", "tool calls (" + int(block.tools.length) + ")"));
+        block.tools.forEach(function (t) {
+          var line = t.name + "(" + oneLine(t.arguments, 200) + ")" +
+            (t.duration_s !== null ? " · " + seconds(t.duration_s) : "") + " → " +
+            (t.ok === false ? t.error : t.ok === null ? "(no result recorded)" : oneLine(t.result, 300));
+          tools.appendChild(el("div", t.ok === false ? "note error" : "note", line));
+        });
+        body.appendChild(tools);
       }
     }, true);
   }
