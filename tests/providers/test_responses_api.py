@@ -153,4 +153,4 @@ async def test_options_reach_the_wire_and_an_incomplete_reply_reads_as_length(
     # gpt-4o is no reasoning model: OpenAI refuses the encrypted-reasoning include there.
     assert "include" not in second and "reasoning" not in second
     assert second["temperature"] == 0.5 and second["store"] is False
-    assert server.requests[0].path == "/v1/responses"
+    assert server.requests[0].path == "/v1/responses" and server.requests[0].api == "responses"
