@@ -272,12 +272,12 @@ class AnthropicModel:
             # applies to what comes after the thinking.
             max_tokens += budget
         params["max_tokens"] = max_tokens
-        temperature = request.temperature if request.temperature is not None else self.temperature
-        # Anthropic accepts no temperature with thinking on.
-        if temperature is not None and not thinking_on(params | {"thinking": thinking}):
-            params["temperature"] = temperature
         if self.extra_body:
             params["extra_body"] = dict(self.extra_body)
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        # Anthropic accepts no temperature with thinking on.
+        if temperature is not None and not thinking_on(params):
+            params["temperature"] = temperature
         return params
 
     def parse_response(self, raw: object) -> ModelResponse:
