@@ -21,7 +21,13 @@ from rlm import errors, events
 from rlm.api import arun, run, stream
 from rlm.budget import Budget, ModelUsage
 from rlm.engine import RLM
-from rlm.errors import BudgetExceeded, ConfigurationError, ProviderError, RLMError
+from rlm.errors import (
+    BudgetExceeded,
+    ConfigurationError,
+    ProviderError,
+    RLMError,
+    SessionError,
+)
 from rlm.events import Event, EventBus
 from rlm.providers.base import (
     Message,
@@ -37,6 +43,7 @@ from rlm.providers.base import (
 from rlm.providers.pricing import Price, set_price
 from rlm.providers.registry import register_provider, resolve_model
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
+from rlm.session import Session
 from rlm.tools import Tool
 
 __version__ = "0.1.0"
@@ -64,6 +71,8 @@ __all__ = [
     "RLMError",
     "RLMResult",
     "RetryDetails",
+    "Session",
+    "SessionError",
     "StopReason",
     "Tool",
     "ToolCall",

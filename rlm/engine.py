@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlm import prompts
 from rlm.budget import Budget, Ledger
+from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD, Compaction, check_threshold
 from rlm.errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -41,12 +41,14 @@ from rlm.events import (
     as_subscribers,
     clip,
     new_id,
+    stream_events,
 )
 from rlm.output import UNTYPED, Answer, FinalValue, InvalidOutput, OutputSpec
 from rlm.providers.base import (
     Message,
     Model,
     ModelInfo,
+    ModelPurpose,
     ModelRequest,
     ModelResponse,
     RetryDetails,
@@ -56,7 +58,7 @@ from rlm.providers.base import (
 )
 from rlm.providers.pricing import cost_usd
 from rlm.providers.registry import resolve_model
-from rlm.repl.base import ExecutionResult, Repl, ReplFactory
+from rlm.repl.base import ExecutionResult, Repl, ReplFactory, ReplHost, ToolStub
 from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
 from rlm.strategies.parsing import FencedCodeParser, FinalMarker, ParsedReply, ParsingStrategy
 from rlm.strategies.termination import (
@@ -72,6 +74,9 @@ from rlm.strategies.termination import (
 )
 from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
 from rlm.tools import Tool, ToolDispatch, as_tools
+
+if TYPE_CHECKING:
+    from rlm.session import Session
 
 ReplSpec = Literal["subprocess", "inprocess"] | ReplFactory
 ToolsSpec = Sequence[Callable[..., Any] | Tool] | None
@@ -114,6 +119,17 @@ class _Config:
     tools: tuple[Tool, ...] = ()
     sub_tools: tuple[Tool, ...] = ()
     output: OutputSpec = UNTYPED
+    compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """A session's turn: run on the session's REPL (started before, closed after by the
+    session), with an opening message that tells the model about earlier turns."""
+
+    repl: Repl
+    attach: Callable[[ReplHost | None], None]
+    opening: str
 
 
 @dataclass
@@ -126,6 +142,7 @@ class _Shared:
     tool_slots: asyncio.Semaphore
     child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
+    session_id: str | None = None
 
     def child_slot(self, depth: int) -> asyncio.Semaphore:
         # One pool per depth: a run waiting for a child slot never holds a slot of the
@@ -139,6 +156,7 @@ class RLM:
     """A configured Recursive Language Model: reusable, and safe to share across threads.
 
     Each `run`/`arun`/`stream` call is independent: its own REPL, ledger and events.
+    For a conversation whose turns share one REPL, use `session()`.
 
     Args:
         model: the root model, a "provider/model" string or a `Model`.
@@ -151,7 +169,11 @@ class RLM:
         parsing: how replies are read (default `FencedCodeParser()`).
         termination: when a run stops (default `default_termination()`).
         max_output_chars: how much of each block's output the model sees.
-        context_windows: token windows by model name, for the sub-call size check.
+        context_windows: token windows by model name, for the sub-call size check and
+            history compaction (else the model's own `context_window`).
+        compaction_threshold: share of the root model's window a request may fill
+            before the older history is compacted into a summary (default 0.85); None
+            turns compaction off. See `rlm.compaction`.
         on_event: subscriber(s) that receive every event of every run.
         verbose: show a live view of runs in the terminal.
         tools: host functions the model's code can call (see `rlm.tools`); they run on
@@ -175,6 +197,7 @@ class RLM:
         termination: TerminationStrategy | None = None,
         max_output_chars: int = 10_000,
         context_windows: Mapping[str, int] | None = None,
+        compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD,
         on_event: OnEvent = None,
         verbose: bool = False,
         tools: ToolsSpec = None,
@@ -187,6 +210,7 @@ class RLM:
         _require_int("max_output_chars", max_output_chars, 100)
         if budget is not None and not isinstance(budget, Budget):
             raise ConfigurationError(f"budget must be an rlm.Budget, not {type(budget).__name__}")
+        check_threshold(compaction_threshold)
         if parsing is not None and not isinstance(parsing, ParsingStrategy):
             raise ConfigurationError("parsing must be a rlm.strategies.ParsingStrategy")
         if termination is not None and not isinstance(termination, TerminationStrategy):
@@ -215,6 +239,7 @@ class RLM:
             tools=as_tools(tools),
             sub_tools=as_tools(sub_tools) if sub_tools is not None else as_tools(tools),
             output=OutputSpec(output_type),
+            compaction_threshold=compaction_threshold,
         )
 
     @property
@@ -224,6 +249,11 @@ class RLM:
     @property
     def sub_model(self) -> Model:
         return self._config.sub_model
+
+    @property
+    def tool_stubs(self) -> tuple[ToolStub, ...]:
+        """What the REPL is told of the root run's tools (a session's REPL gets these)."""
+        return tuple(t.stub for t in self._config.tools)
 
     async def arun(
         self,
@@ -238,6 +268,29 @@ class RLM:
 
         `output_type` overrides the engine's for this run.
         """
+        return await self._arun(
+            query, context, on_event=on_event, budget=budget, output_type=output_type
+        )
+
+    def session(
+        self, context: object = None, *, on_event: OnEvent = None, budget: Budget | None = None
+    ) -> Session:
+        """A conversation over `context`: turns share one REPL, see `rlm.Session`."""
+        from rlm.session import Session
+
+        return Session(self, context, on_event=on_event, budget=budget)
+
+    async def _arun(
+        self,
+        query: str,
+        context: object,
+        *,
+        on_event: OnEvent,
+        budget: Budget | None,
+        output_type: Any,
+        turn: _Turn | None = None,
+        session_id: str | None = None,
+    ) -> RLMResult:
         if not isinstance(query, str) or not query.strip():
             raise ConfigurationError("query must be a non-empty string")
         budget = budget if budget is not None else self.budget
@@ -254,6 +307,7 @@ class RLM:
             bus=bus,
             model_slots=asyncio.Semaphore(self._config.max_concurrency),
             tool_slots=asyncio.Semaphore(self._config.max_concurrency),
+            session_id=session_id,
         )
         ledger = Ledger(budget, cost_usd)
         run = _Run(
@@ -264,8 +318,33 @@ class RLM:
             depth=0,
             model=self._config.model,
             output=output,
+            turn=turn,
         )
         return await run.execute()
+
+    async def _arun_turn(
+        self,
+        query: str,
+        context: object,
+        *,
+        session_id: str,
+        repl: Repl,
+        attach: Callable[[ReplHost | None], None],
+        opening: str,
+        on_event: OnEvent,
+        budget: Budget | None,
+        output_type: Any,
+    ) -> RLMResult:
+        """One turn of a `Session` (rlm/session.py): on its REPL, with its opening message."""
+        return await self._arun(
+            query,
+            context,
+            on_event=on_event,
+            budget=budget,
+            output_type=output_type,
+            turn=_Turn(repl=repl, attach=attach, opening=opening),
+            session_id=session_id,
+        )
 
     def run(
         self,
@@ -306,24 +385,17 @@ class RLM:
         If the run fails, the `RunFailed` event is yielded and then the error is raised.
         Leaving the loop early cancels the run.
         """
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        subscribers = [queue.put_nowait, *as_subscribers(on_event)]
-        task = asyncio.ensure_future(
-            self.arun(query, context, on_event=subscribers, budget=budget, output_type=output_type)
+        events = stream_events(
+            lambda listen: self.arun(
+                query,
+                context,
+                on_event=[listen, *as_subscribers(on_event)],
+                budget=budget,
+                output_type=output_type,
+            )
         )
-        task.add_done_callback(lambda _: queue.put_nowait(None))
-        try:
-            while True:
-                event = await queue.get()
-                if event is None:
-                    break
-                yield event
-            task.result()
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        async for event in events:
+            yield event
 
     def _check_cost_budget(self, budget: Budget | None) -> None:
         if budget is None or budget.max_cost_usd is None:
@@ -374,8 +446,10 @@ class _Run:
         parent_run_id: str | None = None,
         parent_subcall_id: str | None = None,
         output: OutputSpec = UNTYPED,
+        turn: _Turn | None = None,
     ) -> None:
         self.shared = shared
+        self.turn = turn
         self.config = shared.config
         self.ledger = ledger
         self.query = query
@@ -398,11 +472,19 @@ class _Run:
         tools = self.config.tools if depth == 0 else self.config.sub_tools
         self.subcalls = SubcallRouter(self, ToolDispatch(tools, self, shared.tool_slots))
         self.started = time.perf_counter()
+        self.compaction = Compaction(
+            shared.config.compaction_threshold, self.subcalls.window_tokens(self.model_info)
+        )
 
     # -- events ---------------------------------------------------------------------
 
     def _base(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "depth": self.depth}
+        return {
+            "run_id": self.run_id,
+            "parent_run_id": self.parent_run_id,
+            "depth": self.depth,
+            "session_id": self.shared.session_id,
+        }
 
     async def emit(self, event: Event) -> None:
         await self.shared.bus.emit(event)
@@ -430,8 +512,12 @@ class _Run:
         stop: Stop | None = None
         answer: Answer | None = None
         try:
-            repl = config.repl_factory()
-            await repl.start(self.context, self.subcalls)
+            if self.turn is None:
+                repl = config.repl_factory()
+                await repl.start(self.context, self.subcalls)
+            else:
+                self.turn.attach(self.subcalls)
+                repl = self.turn.repl
             messages = self._opening_messages(info)
             deadline = self.ledger.remaining_seconds() if self.depth == 0 else None
             try:
@@ -464,7 +550,9 @@ class _Run:
 
     async def _finish_quietly(self, repl: Repl | None, event: Event) -> None:
         try:
-            if repl is not None:
+            if self.turn is not None:
+                self.turn.attach(None)  # the session's REPL stays open for the next turn
+            elif repl is not None:
                 await repl.close()
             await self.subcalls.cancel_pending()
         finally:
@@ -481,6 +569,8 @@ class _Run:
             tools=self.subcalls.tool_stubs,
         )
         first = prompts.first_user_message(self.query, info, self.output.instructions())
+        if self.turn is not None:
+            first = self.turn.opening
         return [Message("system", system, cache_breakpoint=True), Message("user", first)]
 
     async def _loop(self, repl: Repl, messages: list[Message]) -> tuple[Stop, Answer | None]:
@@ -492,6 +582,8 @@ class _Run:
             turn_started = time.perf_counter()
             await self.emit(IterationStarted(**self._base(), iteration=self.iteration))
             try:
+                if self.compaction.needed(messages):
+                    await self._compact(messages)
                 response = await self.call_model(
                     self.model, self.model_info, messages, purpose="root", tools=tools
                 )
@@ -552,6 +644,29 @@ class _Run:
             stop = self._check_termination(answer.text if answer is not None else None)
             if stop is not None:
                 return stop, answer
+
+    async def _compact(self, messages: list[Message]) -> None:
+        """Replace the history after the system prompt by the model's own summary."""
+        before = list(messages)
+        response = await self.call_model(
+            self.model,
+            self.model_info,
+            self.compaction.summary_request(before),
+            purpose="compaction",
+        )
+        info = prompts.describe_context(self.context)
+        restart = prompts.first_user_message(self.query, info, self.output.instructions())
+        messages[:] = self.compaction.compacted(before, restart, response.text)
+        await self.emit(
+            self.compaction.event(
+                self._base(),
+                iteration=self.iteration,
+                model=self.model_info.name,
+                before=before,
+                after=messages,
+                summary=response.text,
+            )
+        )
 
     def _check_termination(self, final: str | None) -> Stop | None:
         snap = self.ledger.snapshot()
@@ -734,7 +849,7 @@ class _Run:
         info: ModelInfo,
         messages: Sequence[Message],
         *,
-        purpose: Literal["root", "subcall", "final"],
+        purpose: ModelPurpose,
         subcall_id: str | None = None,
         tools: tuple[ToolSpec, ...] = (),
     ) -> ModelResponse:

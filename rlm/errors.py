@@ -16,6 +16,7 @@ RLMError
 ├── BudgetExceeded              a Budget limit was reached (the run stops with "budget"/"deadline")
 ├── ScriptError                 a ScriptedModel ran out of steps or has steps left over
 ├── ReplError                   the REPL could not start or talk to its worker
+├── SessionError                a Session was used while closed or busy with another turn
 └── TrajectoryError             a trajectory file could not be read
 ```
 
@@ -129,6 +130,11 @@ class ScriptError(RLMError, AssertionError):
 
 class ReplError(RLMError):
     """The REPL could not start, or lost its worker in a way it could not recover from."""
+
+
+class SessionError(RLMError):
+    """A `Session` was used in a way a conversation cannot be: after it was closed, for a
+    second turn while one is running, or from an event loop it does not live on."""
 
 
 class TrajectoryError(RLMError):

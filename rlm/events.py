@@ -1,9 +1,10 @@
 """Typed events and the `EventBus` that carries them.
 
 Every step of a run emits one frozen event. All events share a base (`run_id`,
-`parent_run_id`, `depth`, `timestamp`) and carry a `kind` discriminator; `Event` is the
-union of all of them. Events serialise to JSON (`event_to_dict`, `event_to_json`) and
-back (`event_from_dict`, `event_from_json`).
+`parent_run_id`, `depth`, `timestamp`, and `session_id` for the turns of a `Session`)
+and carry a `kind` discriminator; `Event` is the union of all of them. Events serialise
+to JSON (`event_to_dict`, `event_to_json`) and back (`event_from_dict`,
+`event_from_json`).
 
 Ids tie the tree together: a `ModelCallStarted` made by `llm_query` carries the
 `subcall_id` of its `SubcallStarted`, which carries the `exec_id` of the `CodeStarted`
@@ -16,18 +17,20 @@ the `*_chars` fields keep the true lengths.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from rlm._serde import from_jsonable, to_jsonable
 from rlm.errors import ConfigurationError
-from rlm.providers.base import Usage
+from rlm.providers.base import ModelPurpose, Usage
 from rlm.result import RLMResult
 
 logger = logging.getLogger("rlm")
@@ -56,6 +59,8 @@ class BaseEvent:
     parent_run_id: str | None = None
     depth: int = 0
     timestamp: float = field(default_factory=time.time)
+    # Set on every event of a `Session`'s turns (and their child runs).
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,7 +89,7 @@ class ModelCallStarted(BaseEvent):
     call_id: str
     model: str
     provider: str = "unknown"
-    purpose: Literal["root", "subcall", "final"]
+    purpose: ModelPurpose
     iteration: int | None = None
     subcall_id: str | None = None
     message_count: int
@@ -102,7 +107,7 @@ class ModelCallFinished(BaseEvent):
     call_id: str
     model: str
     provider: str = "unknown"
-    purpose: Literal["root", "subcall", "final"]
+    purpose: ModelPurpose
     subcall_id: str | None = None
     response_model: str | None = None
     response_id: str | None = None
@@ -239,6 +244,27 @@ class FinalAnswer(BaseEvent):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class HistoryCompacted(BaseEvent):
+    """The run's message history neared the model's window and was replaced by a summary.
+
+    Sizes are estimates in tokens (about four characters a token); `summary` is what the
+    model wrote, which the loop goes on from (the REPL keeps every variable).
+    """
+
+    kind: Literal["history_compacted"] = "history_compacted"
+    iteration: int
+    model: str
+    window_tokens: int
+    threshold: float
+    messages_before: int
+    messages_after: int
+    tokens_before: int
+    tokens_after: int
+    summary: str
+    summary_chars: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunFinished(BaseEvent):
     kind: Literal["run_finished"] = "run_finished"
     result: RLMResult
@@ -265,6 +291,7 @@ Event: TypeAlias = (
     | ToolCallStarted
     | ToolCallFinished
     | FinalAnswer
+    | HistoryCompacted
     | RunFinished
     | RunFailed
 )
@@ -283,6 +310,7 @@ EventKind: TypeAlias = Literal[
     "tool_call_started",
     "tool_call_finished",
     "final_answer",
+    "history_compacted",
     "run_finished",
     "run_failed",
 ]
@@ -303,6 +331,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
         ToolCallStarted,
         ToolCallFinished,
         FinalAnswer,
+        HistoryCompacted,
         RunFinished,
         RunFailed,
     )
@@ -357,6 +386,31 @@ def as_subscribers(on_event: OnEvent) -> list[Subscriber]:
             )
         subscribers.append(subscriber)
     return subscribers
+
+
+async def stream_events(
+    start: Callable[[Subscriber], Awaitable[object]],
+) -> AsyncIterator[Event]:
+    """The events of the run `start(listener)` begins, as they happen.
+
+    `start` gets a subscriber to attach to the run. When the run fails, its last event
+    (`RunFailed`) is yielded and then its error raised; leaving the loop early cancels it.
+    """
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    task = asyncio.ensure_future(start(queue.put_nowait))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while True:
+            event = await queue.get()
+            if event is None:
+                break
+            yield event
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 class EventBus:

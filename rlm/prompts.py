@@ -232,6 +232,88 @@ def invalid_answer(errors: str) -> str:
     )
 
 
+# What a session's later turn is told of the earlier ones: queries and answers, not
+# transcripts, so a long conversation costs little per turn.
+SESSION_TURNS_SHOWN = 20
+SESSION_ANSWER_CHARS = 2_000
+SESSION_QUERY_CHARS = 1_000
+SESSION_VARIABLES_CHARS = 3_000
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierTurn:
+    """One earlier turn of a session, as the next turn's prompt shows it."""
+
+    query: str
+    answer: str | None
+    stop_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NamedContext:
+    """A context of a session: its REPL name, its description, and whether it is new."""
+
+    name: str
+    info: ContextInfo
+    new: bool = False
+
+
+def session_opening(
+    query: str,
+    *,
+    turn: int,
+    contexts: Sequence[NamedContext],
+    earlier: Sequence[EarlierTurn],
+    variables: str,
+    worker_replaced: bool,
+) -> str:
+    """The first message of a session's turn: what earlier turns asked and answered,
+    the REPL's variables and contexts, then the query as in `first_user_message`."""
+    first = contexts[0].info
+    parts: list[str] = []
+    if turn > 1:
+        if worker_replaced:
+            parts.append(
+                f"This is turn {turn} of a conversation. The REPL worker stopped after the "
+                "last turn and was replaced: every variable of earlier turns is gone (the "
+                "contexts and helpers are loaded again), so recompute what you need."
+            )
+        else:
+            parts.append(
+                f"This is turn {turn} of a conversation in the same REPL: the variables, "
+                "imports and results of earlier turns are still there; reuse them."
+            )
+        shown = earlier[-SESSION_TURNS_SHOWN:]
+        lines = ["Earlier turns (query, then final answer):"]
+        if len(earlier) > len(shown):
+            lines.append(f"({len(earlier) - len(shown)} earlier turns not shown)")
+        for number, past in enumerate(shown, start=len(earlier) - len(shown) + 1):
+            answer = (
+                cut_middle(past.answer, SESSION_ANSWER_CHARS)
+                if past.answer is not None
+                else f"(no answer: the turn stopped with {past.stop_reason})"
+            )
+            lines.append(f"{number}. {cut_middle(past.query, SESSION_QUERY_CHARS)}")
+            lines.append(f"   Answer: {answer}")
+        parts.append("\n".join(lines))
+        if not worker_replaced:
+            parts.append(
+                "Variables in the REPL now (SHOW_VARS()):\n"
+                + cut_middle(variables.strip() or "(none)", SESSION_VARIABLES_CHARS)
+            )
+    if len(contexts) > 1:
+        described = [
+            f"- `{c.name}`: {context_summary(c.info)}" + (" (new in this turn)" if c.new else "")
+            for c in contexts
+        ]
+        parts.append("Contexts in the REPL:\n" + "\n".join(described))
+        for c in contexts:
+            if c.new:
+                parts.append(f"Preview of `{c.name}`:\n{c.info.preview}")
+    parts.append(first_user_message(query, first))
+    return "\n\n".join(parts)
+
+
 def format_execution(index: int, result: ExecutionResult, max_chars: int) -> str:
     """One block's result, as the model sees it."""
     parts = [f"[block {index}]"]
@@ -243,8 +325,8 @@ def format_execution(index: int, result: ExecutionResult, max_chars: int) -> str
         parts.append("error:\n" + cut_middle(result.error, max_chars // 2))
     if result.restarted:
         parts.append(
-            "The REPL worker was restarted: every variable you made is gone; `context` "
-            "and the helpers are loaded again."
+            "The REPL worker was restarted: every variable you made is gone; the "
+            "context(s) and the helpers are loaded again."
         )
     if len(parts) == 1:
         parts.append("(no output)")

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 Role = Literal["system", "user", "assistant", "tool"]
+ModelPurpose = Literal["root", "subcall", "final", "compaction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +112,16 @@ class ModelRequest:
     """What the engine asks of a model.
 
     `purpose` says why the call is made: "root" (an iteration of a run), "subcall"
-    (`llm_query` from the model's code) or "final" (the last request for an answer when
-    a run is out of iterations). Adapters may ignore it.
+    (`llm_query` from the model's code), "final" (the last request for an answer when
+    a run is out of iterations) or "compaction" (a summary of the history when it nears
+    the model's window). Adapters may ignore it.
     """
 
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     max_output_tokens: int | None = None
     temperature: float | None = None
-    purpose: Literal["root", "subcall", "final"] = "root"
+    purpose: ModelPurpose = "root"
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 

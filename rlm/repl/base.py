@@ -136,6 +136,17 @@ def host_tools(host: ReplHost) -> tuple[ToolStub, ...]:
     return tuple(getattr(host, "tool_stubs", ()))
 
 
+@runtime_checkable
+class MultiContextRepl(Repl, Protocol):
+    """A REPL that can take more contexts after `start` (a `Session`'s `context_1`, ...).
+
+    `add_context` loads `value` under `name` beside the first `context`; the REPL keeps
+    every context it was given, so a worker that is replaced gets all of them again.
+    """
+
+    async def add_context(self, name: str, value: object) -> None: ...
+
+
 def missing_variable_message(name: str, available: Sequence[str]) -> str:
     """What the model is told when `FINAL_VAR` names a variable that does not exist."""
     shown = ", ".join(sorted(available)[:50]) or "(none yet)"

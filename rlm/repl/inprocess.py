@@ -65,9 +65,12 @@ class InProcessRepl:
             host_tools(host),
         )
 
-    def _call(
-        self, coro: Coroutine[Any, Any, T], error: type[RuntimeError] = LLMQueryError
-    ) -> T:
+    async def add_context(self, name: str, value: object) -> None:
+        if self._namespace is None:
+            raise RuntimeError("InProcessRepl.add_context() called before start()")
+        self._namespace.add_context(name, value)
+
+    def _call(self, coro: Coroutine[Any, Any, T], error: type[RuntimeError] = LLMQueryError) -> T:
         """Run `coro` on the engine's loop and wait for it from the REPL thread."""
         assert self._loop is not None
         if self._closed:

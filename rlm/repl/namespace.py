@@ -166,6 +166,12 @@ class Namespace:
             "context": context,
         }
         self.globals.update(self._helpers)
+        self._contexts = {"context"}
+
+    def add_context(self, name: str, value: object) -> None:
+        """Load one more context (a session's `context_1`, ...) beside the first."""
+        self._contexts.add(name)
+        self.globals[name] = value
 
     # -- helpers visible to the model -------------------------------------------------
 
@@ -276,6 +282,7 @@ class Namespace:
             for n, v in self.globals.items()
             if n not in RESERVED_NAMES
             and n not in self._tools
+            and n not in self._contexts
             and not n.startswith("_")
             and not isinstance(v, types.ModuleType)
         ]

@@ -11,12 +11,13 @@ big-endian length, then the payload.
   bounds what it holds (`ReplLimits`: bytes of frames in flight in all, pending calls,
   JSON nesting, answer size; every frame kind alike). A worker past a bound is killed.
 
-Messages (`op` names the kind):
+Messages (`op` names the kind). A `load` named `context` makes the namespace; a session's
+later contexts (`context_1`, ...) are `load`s with their own name, added beside it.
 
 | direction | op | fields |
 | --- | --- | --- |
 | worker -> host | `spawned` | (imports done, ready for `load`) |
-| host -> worker | `load` | `sys_path`, `limits`, `tools`, `context` (inline or streamed) |
+| host -> worker | `load` | `sys_path`, `limits`, `tools`, `context` (inline or streamed), `name` |
 | worker -> host | `loaded` / `load_failed` | `error` |
 | host -> worker | `exec` | `id`, `code` |
 | worker -> host | `call` | `id`, `fn`, `prompt` or `prompts`, `model` (a sub-call) |

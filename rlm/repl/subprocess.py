@@ -507,6 +507,8 @@ class SubprocessRepl:
         self._config: SpawnConfig | None = None
         self._conn: _Connection | None = None
         self._context: object = None
+        # A session's later contexts (`context_1`, ...): a new worker gets them all again.
+        self._more_contexts: dict[str, object] = {}
         self._host: ReplHost | None = None
         self._loading: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -575,7 +577,7 @@ class SubprocessRepl:
             workers.pool.replenish(self._config)
         if self.limits.max_processes is not None and process.tree and process.cgroup:
             await asyncio.to_thread(process.tree.set_max, process.cgroup, self.limits.max_processes)
-        self._loading = asyncio.ensure_future(self._load(self._conn))
+        self._loading = asyncio.ensure_future(self._load_all(self._conn))
 
     def _limits_message(self, process: WorkerProcess) -> dict[str, Any]:
         limits = self.limits
@@ -588,9 +590,7 @@ class SubprocessRepl:
             "memory_mb": limits.memory_mb,
             # Under bwrap the scratch folder is a tmpfs, in memory: it counts.
             "code_memory_mb": (
-                limits.code_memory_mb
-                if process.config.isolation == "bwrap"
-                else limits.memory_mb
+                limits.code_memory_mb if process.config.isolation == "bwrap" else limits.memory_mb
             ),
             "answer_chars": limits.answer_chars,
             "cpu_seconds": limits.cpu_seconds,
@@ -600,9 +600,28 @@ class SubprocessRepl:
             "nproc_shared": process.config.isolation != "bwrap",
         }
 
-    async def _load(self, conn: _Connection) -> None:
+    async def _load_all(self, conn: _Connection) -> None:
+        await self._load(conn, "context", self._context)
+        for name, value in list(self._more_contexts.items()):
+            await self._load(conn, name, value)
+
+    async def add_context(self, name: str, value: object) -> None:
+        """Load `value` as the variable `name` beside `context` (a session's `context_1`)."""
+        if self._lock is None:
+            raise ReplError("SubprocessRepl.add_context() called before start()")
+        async with self._lock:
+            conn = await self._ready()
+            if conn.gone is not None:
+                # It died since the last block: the new worker loads every context,
+                # this one included.
+                self._more_contexts[name] = value
+                await self._restart(conn)
+                return
+            await self._load(conn, name, value)
+            self._more_contexts[name] = value
+
+    async def _load(self, conn: _Connection, name: str, context: object) -> None:
         process = conn.process
-        context = self._context
         if isinstance(context, str) and len(context) > INLINE_CHARS:
             # Finding a large str's kind reads all of it: not on the event loop.
             spec, produce = await asyncio.to_thread(context_plan, context)
@@ -618,6 +637,7 @@ class SubprocessRepl:
                 for t in (host_tools(self._host) if self._host is not None else ())
             ],
             "context": spec,
+            "name": name,
         }
         loaded = conn.expect("load")
         failure: Exception | None = None
@@ -652,17 +672,18 @@ class SubprocessRepl:
                 ) from failure
         if failure is not None:
             raise ReplError(
-                f"the context ({type(context).__name__}) cannot be sent to the REPL worker: "
+                f"the {name} ({type(context).__name__}) cannot be sent to the REPL worker: "
                 f"{type(failure).__name__}: {failure}. Pass built-in types (str, bytes, list, "
                 "dict, ...) or classes importable from an installed package, or use "
                 "repl='inprocess'."
             ) from failure
         if reply["op"] == "loaded":
-            if self._replenish == "after_load" and self._config is not None:
+            replenish = name == "context" and self._replenish == "after_load"
+            if replenish and self._config is not None:
                 workers.pool.replenish(self._config)
             return
         raise ReplError(
-            f"the REPL worker could not load the context: {reply['error']}. Pass "
+            f"the REPL worker could not load the {name}: {reply['error']}. Pass "
             "built-in types (str, bytes, list, dict, ...) or classes importable from an "
             "installed package, or use repl='inprocess'."
         )
@@ -879,6 +900,7 @@ class SubprocessRepl:
         conn, self._conn = self._conn, None
         reaped = await conn.shutdown() if conn is not None else None
         self._context = None
+        self._more_contexts = {}
         if self._replenish == "at_close" and self._config is not None:
             # Once this worker (and its copy of the context) is gone, not alongside it.
             if reaped is None:

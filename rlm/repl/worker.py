@@ -428,6 +428,7 @@ def _serve(state: _State) -> None:
     from rlm.repl.base import LLMQueryError, ToolStub
     from rlm.repl.namespace import Namespace
     from rlm.repl.output import OutputBuffer, cut_middle
+
     namespace: Namespace | None = None
     limits = state.limits
 
@@ -469,10 +470,15 @@ def _serve(state: _State) -> None:
                     raise _LoadFailed(message["error"])
                 limits.update(message["limits"])
                 state.max_frame = int(message["max_frame"])
-                tools = [ToolStub(**t) for t in message.get("tools", ())]
-                namespace = Namespace(
-                    message.pop("value"), _make_subcalls(state, LLMQueryError), tools
-                )
+                name = message.get("name", "context")
+                if name != "context" and namespace is not None:
+                    # A session's later context: beside the first, variables kept.
+                    namespace.add_context(name, message.pop("value"))
+                else:
+                    tools = [ToolStub(**t) for t in message.get("tools", ())]
+                    namespace = Namespace(
+                        message.pop("value"), _make_subcalls(state, LLMQueryError), tools
+                    )
                 del message
                 _apply_limits(limits)
             except _LoadFailed as exc:

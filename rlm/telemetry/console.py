@@ -39,6 +39,7 @@ from rlm.events import (
     CodeStarted,
     Event,
     FinalAnswer,
+    HistoryCompacted,
     IterationStarted,
     ModelCallFinished,
     ModelCallStarted,
@@ -300,6 +301,15 @@ class ConsoleView:
             run.status = f"waiting for tool {event.name}"
         elif isinstance(event, ToolCallFinished):
             self._tool_call_finished(run, event)
+        elif isinstance(event, HistoryCompacted):
+            self._print(
+                run.depth,
+                Text(
+                    f"history compacted: about {event.tokens_before:,} -> "
+                    f"{event.tokens_after:,} tokens (window {event.window_tokens:,})",
+                    "cyan",
+                ),
+            )
         elif isinstance(event, FinalAnswer):
             run.pending_reply = None
             if run.depth == 0:
@@ -342,7 +352,7 @@ class ConsoleView:
             )
 
     def _model_call_finished(self, run: _RunView, event: ModelCallFinished) -> None:
-        if event.purpose == "subcall":
+        if event.purpose in ("subcall", "compaction"):
             return
         run.status = "thinking"
         if event.error_type is not None:

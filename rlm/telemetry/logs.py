@@ -31,6 +31,7 @@ from rlm.events import (
     CodeStarted,
     Event,
     FinalAnswer,
+    HistoryCompacted,
     IterationStarted,
     ModelCallFinished,
     ModelCallStarted,
@@ -81,6 +82,8 @@ def event_fields(event: Event, *, include_content: bool = False) -> dict[str, An
     fields: dict[str, Any] = {"run_id": event.run_id, "depth": event.depth}
     if event.parent_run_id is not None:
         fields["parent_run_id"] = event.parent_run_id
+    if event.session_id is not None:
+        fields["session_id"] = event.session_id
     content: dict[str, Any] = {}
     if isinstance(event, RunStarted):
         fields.update(
@@ -204,6 +207,18 @@ def event_fields(event: Event, *, include_content: bool = False) -> dict[str, An
             from_prose=event.from_prose,
         )
         content["answer"] = event.answer
+    elif isinstance(event, HistoryCompacted):
+        fields.update(
+            iteration=event.iteration,
+            model=event.model,
+            window_tokens=event.window_tokens,
+            messages_before=event.messages_before,
+            messages_after=event.messages_after,
+            tokens_before=event.tokens_before,
+            tokens_after=event.tokens_after,
+            summary_chars=event.summary_chars,
+        )
+        content["summary"] = event.summary
     elif isinstance(event, RunFinished):
         r = event.result
         fields.update(

@@ -51,6 +51,7 @@ from rlm.events import (
     CodeStarted,
     Event,
     FinalAnswer,
+    HistoryCompacted,
     IterationStarted,
     ModelCallFinished,
     ModelCallStarted,
@@ -92,12 +93,10 @@ def _usage_attributes(usage: Usage) -> dict[str, AttributeValue]:
 
 
 def conversation_id(e: RunStarted, parent: _RunState | None = None) -> str | None:
-    """The conversation a run belongs to (`gen_ai.conversation.id`): its session's id,
-    inherited by child runs. Runs carry no session id yet (sessions will add
-    `RunStarted.session_id`); until then this is None and the attribute is not set."""
-    session = getattr(e, "session_id", None)
-    if isinstance(session, str) and session:
-        return session
+    """The conversation a run belongs to (`gen_ai.conversation.id`): its `Session`'s id
+    (every run of a session's turn carries it), inherited by child runs; else None."""
+    if e.session_id:
+        return e.session_id
     return parent.conversation_id if parent is not None else None
 
 
@@ -188,6 +187,7 @@ class OTelSubscriber:
             "tool_call_started": self._tool_call_started,
             "tool_call_finished": self._tool_call_finished,
             "final_answer": self._final_answer,
+            "history_compacted": self._history_compacted,
             "run_finished": self._run_finished,
             "run_failed": self._run_failed,
         }
@@ -297,6 +297,17 @@ class OTelSubscriber:
         if self.capture_content:
             attrs[sc.RLM_ANSWER] = e.answer
         run.span.add_event(sc.EVENT_FINAL_ANSWER, attrs, timestamp=_ns(e.timestamp))
+
+    def _history_compacted(self, e: HistoryCompacted) -> None:
+        run = self._runs[e.run_id].run
+        assert run is not None
+        attrs: dict[str, AttributeValue] = {
+            sc.RLM_ITERATION: e.iteration,
+            sc.RLM_COMPACTION_TOKENS_BEFORE: e.tokens_before,
+            sc.RLM_COMPACTION_TOKENS_AFTER: e.tokens_after,
+            sc.RLM_COMPACTION_WINDOW_TOKENS: e.window_tokens,
+        }
+        run.span.add_event(sc.EVENT_HISTORY_COMPACTED, attrs, timestamp=_ns(e.timestamp))
 
     def _run_finished(self, e: RunFinished) -> None:
         state = self._close_run(e.run_id, e.timestamp)

@@ -108,6 +108,10 @@ RLM_SUBCALL_RECURSIVE: Final = "rlm.subcall.recursive"
 RLM_BATCH_INDEX: Final = "rlm.subcall.batch_index"
 RLM_BATCH_SIZE: Final = "rlm.subcall.batch_size"
 
+RLM_COMPACTION_TOKENS_BEFORE: Final = "rlm.compaction.tokens_before"
+RLM_COMPACTION_TOKENS_AFTER: Final = "rlm.compaction.tokens_after"
+RLM_COMPACTION_WINDOW_TOKENS: Final = "rlm.compaction.window_tokens"
+
 RLM_RETRY_ATTEMPT: Final = "rlm.retry.attempt"
 RLM_RETRY_WAIT_S: Final = "rlm.retry.wait_s"
 RLM_FINAL_SOURCE: Final = "rlm.final.source"
@@ -155,6 +159,7 @@ EVENT_REPL_VIOLATION: Final = "rlm.repl.violation"
 RLM_REPL_LIMIT: Final = "rlm.repl.limit"
 EVENT_FINAL_ANSWER: Final = "rlm.final_answer"
 EVENT_SUBCALL_FAILED: Final = "rlm.subcall.failed"
+EVENT_HISTORY_COMPACTED: Final = "rlm.history.compacted"
 
 # -- span names --------------------------------------------------------------------------
 
@@ -187,6 +192,7 @@ LOG_EVENT_NAMES: Final[dict[str, str]] = {
     "tool_call_started": "rlm.tool_call.started",
     "tool_call_finished": "rlm.tool_call.finished",
     "final_answer": "rlm.final_answer",
+    "history_compacted": "rlm.history.compacted",
     "run_finished": "rlm.run.finished",
     "run_failed": "rlm.run.failed",
 }

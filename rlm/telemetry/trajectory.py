@@ -39,6 +39,7 @@ from rlm.events import (
     CodeStarted,
     Event,
     FinalAnswer,
+    HistoryCompacted,
     IterationStarted,
     ModelCallFinished,
     ModelCallStarted,
@@ -54,7 +55,7 @@ from rlm.events import (
     event_from_dict,
     event_to_json,
 )
-from rlm.providers.base import Usage
+from rlm.providers.base import ModelPurpose, Usage
 from rlm.result import RLMResult
 
 # -- writing --------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ class ModelCallRecord:
     call_id: str
     model: str
     provider: str
-    purpose: Literal["root", "subcall", "final"]
+    purpose: ModelPurpose
     iteration: int | None
     subcall_id: str | None
     started_at: float
@@ -265,12 +266,18 @@ class RunRecord:
     error: str | None = None
     ended_at: float | None = None
     children: list[RunRecord] = field(default_factory=list)
+    compactions: list[HistoryCompacted] = field(default_factory=list)
     stray_subcalls: list[SubcallRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
     @property
     def query(self) -> str:
         return self.started.query
+
+    @property
+    def session_id(self) -> str | None:
+        """The `Session` this run is a turn of (or belongs to), else None."""
+        return self.started.session_id
 
     @property
     def model(self) -> str:
@@ -346,7 +353,8 @@ class Trajectory:
     """A trajectory file, read back: its events and the run trees they describe.
 
     `runs` are the root runs in the order they started (one, unless a recorder was shared
-    by several calls); `root` is the first. `truncated` is True when the last line was
+    by several calls or a `Session` wrote its turns); `root` is the first, and
+    `sessions` groups the turns of each session. `truncated` is True when the last line was
     cut off (the writer was killed mid-line) and left out.
     """
 
@@ -376,6 +384,15 @@ class Trajectory:
         for run in self.runs:
             total = total + run.usage
         return total
+
+    @property
+    def sessions(self) -> dict[str, list[RunRecord]]:
+        """The root runs of each `Session` (its turns, in order), by session id."""
+        grouped: dict[str, list[RunRecord]] = {}
+        for run in self.runs:
+            if run.session_id is not None:
+                grouped.setdefault(run.session_id, []).append(run)
+        return grouped
 
     def run(self, run_id: str) -> RunRecord:
         """The run (root or child) with this id."""
@@ -546,6 +563,8 @@ class _Builder:
             run.final_iteration = event.iteration
             if event.source != "forced":
                 self.iteration(run, event.iteration, event.timestamp).final_answer = event.answer
+        elif isinstance(event, HistoryCompacted):
+            run.compactions.append(event)
         elif isinstance(event, RunFinished):
             run.result = event.result
             run.ended_at = event.timestamp
@@ -594,7 +613,7 @@ class _Builder:
         run.model_calls.append(call)
         if event.purpose == "final":
             run.final_request = call
-        elif event.iteration is not None:
+        elif event.purpose == "root" and event.iteration is not None:
             it = self.iteration(run, event.iteration, event.timestamp)
             if it.model_call is None:
                 it.model_call = call

@@ -3,10 +3,11 @@
 The shape (every key always present, JSON-ready):
 
 ```
-run        {id, depth, query, model, sub_model, provider, context_type, context_chars,
-            max_iterations, max_depth, started, ended, status, result, error, final,
+run        {id, session_id, turn, depth, query, model, sub_model, provider, context_type,
+            context_chars, max_iterations, max_depth, started, ended, status, result, error, final,
             iterations: [iteration], orphans: [subcall], tokens_in, tokens_out, cost}
 iteration  {index, started, ended, calls: [call], blocks: [block], final,
+            compactions: [{tokens_before, tokens_after, window_tokens, summary}],
             tokens_in, tokens_out, cost}
 call       {id, model, purpose, prompt_chars, message_count, last_message, text, text_chars,
             finish_reason, error, latency_s, tokens_in, tokens_out, cost, retries: [...]}
@@ -21,7 +22,8 @@ subcall    {id, model, recursive, prompt, prompt_chars, batch_index, batch_size,
 The tree is `rlm.telemetry.trajectory.build_runs` (the one place events are folded into
 runs) rendered as dicts for the page. Sub-calls hang under the code block that made them
 (`SubcallStarted.exec_id`), child runs under the sub-call that started them
-(`RunStarted.parent_subcall_id`). `cost` is None when any model involved has no known
+(`RunStarted.parent_subcall_id`). The root runs of a `Session` are its turns: `turn`
+numbers them (None outside a session). `cost` is None when any model involved has no known
 price.
 """
 
@@ -138,7 +140,7 @@ def _iteration_ends(run: RunRecord) -> dict[int, float]:
     return ends
 
 
-def _run_node(run: RunRecord, mapped: set[str]) -> Node:
+def _run_node(run: RunRecord, mapped: set[str], turn: int | None = None) -> Node:
     mapped.add(run.run_id)
     start = run.started
     final = (
@@ -149,6 +151,8 @@ def _run_node(run: RunRecord, mapped: set[str]) -> Node:
     r = run.result
     node: Node = {
         "id": run.run_id,
+        "session_id": run.session_id,
+        "turn": turn,
         "depth": run.depth,
         "query": start.query,
         "model": start.model,
@@ -193,6 +197,16 @@ def _run_node(run: RunRecord, mapped: set[str]) -> Node:
             "calls": [_call_node(c) for c in run.model_calls if c.iteration == it.index],
             "blocks": [_block_node(c, mapped) for c in it.code],
             "final": final if final is not None and final["iteration"] == it.index else None,
+            "compactions": [
+                {
+                    "tokens_before": c.tokens_before,
+                    "tokens_after": c.tokens_after,
+                    "window_tokens": c.window_tokens,
+                    "summary": c.summary,
+                }
+                for c in run.compactions
+                if c.iteration == it.index
+            ],
             "tokens_in": 0,
             "tokens_out": 0,
             "cost": 0.0,
@@ -218,7 +232,13 @@ def build_tree(events: Iterable[Event]) -> list[Node]:
     """The root runs of a trajectory, each with its whole subtree, totals rolled up."""
     roots, by_id = build_runs(events)
     mapped: set[str] = set()
-    tree = [_run_node(run, mapped) for run in roots]
+    turns: dict[str, int] = {}
+    tree = []
+    for run in roots:
+        turn = None
+        if run.session_id is not None and run.depth == 0:
+            turn = turns[run.session_id] = turns.get(run.session_id, 0) + 1
+        tree.append(_run_node(run, mapped, turn))
     # A child run whose sub-call is not in the file is shown at the top, not lost.
     tree += [_run_node(run, mapped) for run in by_id.values() if run.run_id not in mapped]
     return tree

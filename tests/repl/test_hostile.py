@@ -110,9 +110,11 @@ def test_forged_frames_are_bounded_in_total(isolation: str) -> None:
         ("[b'{' * 10]  # announced below", "frame_bytes"),
         ("[b'[' * 200_000 + b']' * 200_000]", "json_depth"),
         ("[b'{\"op\": \"spawned\", \"x\": ' + b'[' * 40 + b']' * 40 + b'}']", "json_depth"),
-        ("[b'{\"op\":\"done\",\"id\":1,\"stdout\":\"\",\"stderr\":\"\",\"stdout_chars\":0,"
-         "\"stderr_chars\":0,\"error\":null,\"final\":\"' + b'a' * 5000 + b'\"}']",
-         "answer_chars"),
+        (
+            '[b\'{"op":"done","id":1,"stdout":"","stderr":"","stdout_chars":0,'
+            '"stderr_chars":0,"error":null,"final":"\' + b\'a\' * 5000 + b\'"}\']',
+            "answer_chars",
+        ),
         (f"[{_call(2, 10)}] * 20", "pending_calls"),
     ],
     ids=["huge-header", "deep-json-recursion", "deep-json", "long-answer", "many-calls"],

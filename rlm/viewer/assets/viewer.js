@@ -241,6 +241,7 @@
 
   function renderRun(run, open) {
     var title = run.depth === 0 ? "Run" : "Child run (depth " + run.depth + ")";
+    if (run.depth === 0 && run.turn) title = "Turn " + run.turn;
     var badges = [
       badge(run.model, "model"),
       runStatus(run),
@@ -304,7 +305,19 @@
     ]);
     var title = it.index ? "Iteration " + it.index : "Before the first iteration";
     var summary = it.final ? "FINAL: " + oneLine(it.final.answer, 70) : "";
+    if (it.compactions.length) badges.push(badge("history compacted"));
     return node("iteration", title, badges, summary, function (body) {
+      it.compactions.forEach(function (c) {
+        body.appendChild(
+          el(
+            "div",
+            "note",
+            "history compacted: about " + int(c.tokens_before) + " → " + int(c.tokens_after) +
+              " tokens (window " + int(c.window_tokens) + ")"
+          )
+        );
+        body.appendChild(textSection("summary", c.summary, "query"));
+      });
       it.calls.forEach(function (call) {
         body.appendChild(renderCall(call));
       });
@@ -437,6 +450,7 @@
 
   function summaryCard(run) {
     var card = el("div", "card");
+    if (run.turn) card.appendChild(el("div", "note", "Turn " + run.turn + " of a session"));
     card.appendChild(el("div", "query", run.query));
     card.appendChild(outcome(run));
     var stats = el("div", "stats");
