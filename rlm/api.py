@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from rlm.budget import Budget
+from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD
 from rlm.engine import RLM, ReplSpec, ToolsSpec
 from rlm.events import Event, OnEvent
 from rlm.providers.base import Model
@@ -26,6 +27,7 @@ def _engine(
     termination: TerminationStrategy | None,
     max_output_chars: int,
     context_windows: Mapping[str, int] | None,
+    compaction_threshold: float | None,
     verbose: bool,
     tools: ToolsSpec,
     sub_tools: ToolsSpec,
@@ -43,6 +45,7 @@ def _engine(
         termination=termination,
         max_output_chars=max_output_chars,
         context_windows=context_windows,
+        compaction_threshold=compaction_threshold,
         verbose=verbose,
         tools=tools,
         sub_tools=sub_tools,
@@ -65,6 +68,7 @@ def run(
     termination: TerminationStrategy | None = None,
     max_output_chars: int = 10_000,
     context_windows: Mapping[str, int] | None = None,
+    compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD,
     verbose: bool = False,
     on_event: OnEvent = None,
     tools: ToolsSpec = None,
@@ -89,6 +93,7 @@ def run(
         termination,
         max_output_chars,
         context_windows,
+        compaction_threshold,
         verbose,
         tools,
         sub_tools,
@@ -112,6 +117,7 @@ async def arun(
     termination: TerminationStrategy | None = None,
     max_output_chars: int = 10_000,
     context_windows: Mapping[str, int] | None = None,
+    compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD,
     verbose: bool = False,
     on_event: OnEvent = None,
     tools: ToolsSpec = None,
@@ -131,6 +137,7 @@ async def arun(
         termination,
         max_output_chars,
         context_windows,
+        compaction_threshold,
         verbose,
         tools,
         sub_tools,
@@ -154,6 +161,7 @@ async def stream(
     termination: TerminationStrategy | None = None,
     max_output_chars: int = 10_000,
     context_windows: Mapping[str, int] | None = None,
+    compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD,
     verbose: bool = False,
     on_event: OnEvent = None,
     tools: ToolsSpec = None,
@@ -173,6 +181,7 @@ async def stream(
         termination,
         max_output_chars,
         context_windows,
+        compaction_threshold,
         verbose,
         tools,
         sub_tools,
