@@ -71,7 +71,8 @@ def test_three_turns_share_the_repl(kind: str, repl: str) -> None:
     assert re.search(r"^churned: list, len=3$", opening, re.M)
     assert FIRST_CODE not in opening and "print(churned)" not in opening
     opening = next(s for s in h.requests if "Query: Compare" in s.last).last
-    assert "`context_1`: list of 3 items (str, str, str)" in opening and "(new in this turn)" in opening
+    assert "`context_1`: list of 3 items (str, str, str)" in opening
+    assert "(new in this turn)" in opening
 
     # Usage and cost are the sums over the turns; every event names the session.
     for model_name, entry in chat.usage.items():
