@@ -196,3 +196,26 @@ async def test_a_session_lives_on_one_event_loop() -> None:
             chat.run("blocking")
         await chat.aclose()
         await chat.aclose()  # twice is fine
+
+
+@pytest.mark.parametrize("repl", REPLS)
+def test_a_session_calls_tools_and_types_its_answers(repl: str) -> None:
+    plans = {c["name"]: c["plan"] for c in CUSTOMERS}
+
+    def plan_of(name: str) -> str:
+        """The plan a customer is on."""
+        return plans[name]
+
+    replies = iter(
+        [
+            code('found = {n: plan_of(n) for n in ["ada", "bob"]}\nFINAL(found)'),
+            code("FINAL(len(found))"),
+        ]
+    )
+    with harness("scripted", lambda seen: next(replies)) as h:
+        engine = rlm.RLM(h.model, repl=repl, tools=[plan_of])
+        with engine.session(CUSTOMERS) as chat:
+            first = chat.run("Which plans are ada and bob on?")
+            second = chat.run("How many did you look up?", output_type=int)
+    assert first.output == {"ada": "annual", "bob": "monthly"} and first.tool_calls == 2
+    assert second.output == 2 and second.answer == "2"
