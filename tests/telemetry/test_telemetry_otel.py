@@ -389,3 +389,16 @@ async def test_blocking_run_inside_an_event_loop_still_nests_under_the_callers_s
     (run_span,) = spans.named("invoke_agent")
     assert run_span.parent is not None
     assert run_span.parent.span_id == outer.get_span_context().span_id
+
+
+def test_a_sessions_turns_share_a_conversation_id(spans):
+    model = ScriptedModel(["FINAL(1)", "FINAL(2)"])
+    engine = rlm.RLM(model, repl="inprocess")
+    with engine.session("c", on_event=OTelSubscriber(tracer_provider=spans.provider)) as chat:
+        chat.run("one")
+        chat.run("two")
+    runs = spans.named(sc.SPAN_RUN)
+    chats = spans.named("chat")
+    assert len(runs) == 2 and len(chats) == 2
+    for span in [*runs, *chats]:
+        assert (span.attributes or {})[sc.GEN_AI_CONVERSATION_ID] == chat.session_id
