@@ -41,3 +41,28 @@ def test_long_document_runs_offline_and_records_a_trajectory(
     out = capsys.readouterr().out
     assert f"expected: {expected}" in out and "differs" not in out
     assert (tmp_path / "run.jsonl").stat().st_size > 0
+
+
+def test_chat_over_documents_runs_offline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = load("chat_over_documents.py", monkeypatch)
+    first, second, third = example["main"]()
+    crm = example["CRM"]
+    march = sorted(
+        {
+            t["customer"]
+            for t in example["TICKETS"]
+            if "cancel" in t["text"].lower() and "march" in t["text"].lower()
+        }
+    )
+    names = [crm[c]["name"] for c in march]
+    annual = [crm[c]["name"] for c in march if crm[c]["plan"] == "annual"]
+    assert first.output == names and first.tool_calls == len(march)
+    report = second.output
+    assert isinstance(report, example["ChurnReport"])
+    assert report.churned == names and report.annual_plan == annual
+    assert report.annual_share == pytest.approx(len(annual) / len(names))
+    assert third.output == sorted(set(names) - set(example["WIN_BACK_LIST"]))
+    assert all(r.stop_reason == "final" for r in (first, second, third))
+    assert "A: " in capsys.readouterr().out
