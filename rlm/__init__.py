@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from rlm import errors, events
-from rlm.api import arun, run, stream
+from rlm.api import aresume, arun, resume, run, stream
 from rlm.budget import Budget, ModelUsage
 from rlm.engine import RLM
 from rlm.errors import (
@@ -42,7 +42,7 @@ from rlm.providers.base import (
 )
 from rlm.providers.pricing import Price, set_price
 from rlm.providers.registry import register_provider, resolve_model
-from rlm.result import CodeExecution, Iteration, RLMResult, StopReason
+from rlm.result import CodeExecution, Iteration, ResumeInfo, RLMResult, StopReason
 from rlm.session import Session
 from rlm.tools import Tool
 
@@ -70,6 +70,7 @@ __all__ = [
     "ProviderItem",
     "RLMError",
     "RLMResult",
+    "ResumeInfo",
     "RetryDetails",
     "Session",
     "SessionError",
@@ -79,11 +80,13 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "__version__",
+    "aresume",
     "arun",
     "errors",
     "events",
     "register_provider",
     "resolve_model",
+    "resume",
     "run",
     "set_price",
     "stream",

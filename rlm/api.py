@@ -1,7 +1,8 @@
-"""`rlm.run`, `rlm.arun` and `rlm.stream`: one-call use of an `RLM`."""
+"""`rlm.run`, `rlm.arun`, `rlm.stream` and `rlm.resume`: one-call use of an `RLM`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -189,3 +190,57 @@ async def stream(
     )
     async for event in engine.stream(query, context, on_event=on_event):
         yield event
+
+
+def _resume_engine(
+    trajectory: str | os.PathLike[str],
+    model: str | Model | None,
+    sub_model: str | Model | None,
+    options: dict[str, Any],
+) -> RLM:
+    from rlm.replay import load_resume_point
+
+    started = load_resume_point(trajectory).started
+    options.setdefault("max_iterations", started.max_iterations)
+    options.setdefault("max_depth", started.max_depth)
+    if model is None:
+        from rlm.replay import ResumePoint
+
+        model = ResumePoint.model_string_of(started)
+    return RLM(model, sub_model, **options)
+
+
+def resume(
+    trajectory: str | os.PathLike[str],
+    *,
+    context: object,
+    model: str | Model | None = None,
+    sub_model: str | Model | None = None,
+    budget: Budget | None = None,
+    on_event: OnEvent = None,
+    **options: Any,
+) -> RLMResult:
+    """Continue a run that died, from its trajectory file; see `rlm.replay`.
+
+    `context` must be the run's context, unchanged. `model` defaults to the recorded
+    root model (as a model string), `max_iterations` and `max_depth` to the recorded
+    ones; `options` are any other keyword arguments of `rlm.RLM`. Recorded model calls
+    are answered from the file; the result covers the whole run (`result.resumed`).
+    """
+    engine = _resume_engine(trajectory, model, sub_model, options)
+    return engine.resume(trajectory, context=context, on_event=on_event, budget=budget)
+
+
+async def aresume(
+    trajectory: str | os.PathLike[str],
+    *,
+    context: object,
+    model: str | Model | None = None,
+    sub_model: str | Model | None = None,
+    budget: Budget | None = None,
+    on_event: OnEvent = None,
+    **options: Any,
+) -> RLMResult:
+    """Async `resume`: same arguments."""
+    engine = _resume_engine(trajectory, model, sub_model, options)
+    return await engine.aresume(trajectory, context=context, on_event=on_event, budget=budget)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from rlm.events import (
     new_id,
     stream_events,
 )
+from rlm.fingerprint import context_fingerprint
 from rlm.output import UNTYPED, Answer, FinalValue, InvalidOutput, OutputSpec
 from rlm.providers.base import (
     Message,
@@ -397,6 +399,56 @@ class RLM:
         async for event in events:
             yield event
 
+    async def aresume(
+        self,
+        trajectory: str | os.PathLike[str],
+        *,
+        context: object,
+        on_event: OnEvent = None,
+        budget: Budget | None = None,
+    ) -> RLMResult:
+        """Continue the run recorded in `trajectory` (see `rlm.replay`): recorded model
+        calls are answered from the file, the rest are made with this engine's models."""
+        from rlm.replay import prepare_resume
+
+        prepared = prepare_resume(self, trajectory, context)
+        try:
+            result = await prepared.engine.arun(
+                prepared.point.query, context, on_event=on_event, budget=budget
+            )
+        except BaseException as exc:
+            prepared.mark_error(exc)
+            raise
+        return prepared.finish(result)
+
+    def resume(
+        self,
+        trajectory: str | os.PathLike[str],
+        *,
+        context: object,
+        on_event: OnEvent = None,
+        budget: Budget | None = None,
+    ) -> RLMResult:
+        """Blocking `aresume`. Works inside a running event loop too, as `run` does."""
+        from rlm.replay import prepare_resume
+
+        prepared = prepare_resume(self, trajectory, context)
+        try:
+            result = prepared.engine.run(
+                prepared.point.query, context, on_event=on_event, budget=budget
+            )
+        except BaseException as exc:
+            prepared.mark_error(exc)
+            raise
+        return prepared.finish(result)
+
+    def _with_models(self, model: Model, sub_model: Model) -> RLM:
+        """This engine with other models (a resume puts replays in front of them)."""
+        clone = object.__new__(RLM)
+        clone.__dict__.update(self.__dict__)
+        clone._config = replace(self._config, model=model, sub_model=sub_model)
+        return clone
+
     def _check_cost_budget(self, budget: Budget | None) -> None:
         if budget is None or budget.max_cost_usd is None:
             return
@@ -447,6 +499,7 @@ class _Run:
         parent_subcall_id: str | None = None,
         output: OutputSpec = UNTYPED,
         turn: _Turn | None = None,
+        path: str = "r",
     ) -> None:
         self.shared = shared
         self.turn = turn
@@ -460,6 +513,9 @@ class _Run:
         self.run_id = new_id()
         self.parent_run_id = parent_run_id
         self.parent_subcall_id = parent_subcall_id
+        # Where this run sits in its tree ("r", "r/s3", "r/s3/s1.4", ...), the same on
+        # every run of the same code: replay and resume match recorded calls by it.
+        self.path = path
         self.iteration = 0
         self.history: list[Iteration] = []
         self.errors: list[str | None] = []
@@ -475,6 +531,12 @@ class _Run:
         self.compaction = Compaction(
             shared.config.compaction_threshold, self.subcalls.window_tokens(self.model_info)
         )
+        self.context_fingerprint = context_fingerprint(context)
+        self.request_metadata = {
+            "rlm.run_id": self.run_id,
+            "rlm.depth": str(depth),
+            "rlm.context_fingerprint": self.context_fingerprint,
+        }
 
     # -- events ---------------------------------------------------------------------
 
@@ -506,6 +568,9 @@ class _Run:
                 context_type=info.type_name,
                 context_chars=info.chars,
                 parent_subcall_id=self.parent_subcall_id,
+                context_fingerprint=self.context_fingerprint,
+                model_context_window=self.model_info.context_window,
+                sub_model_context_window=describe_model(config.sub_model).context_window,
             )
         )
         repl: Repl | None = None
@@ -852,15 +917,29 @@ class _Run:
         purpose: ModelPurpose,
         subcall_id: str | None = None,
         tools: tuple[ToolSpec, ...] = (),
+        call_path: str | None = None,
     ) -> ModelResponse:
-        """Every model call goes through here: budget, concurrency, events, usage."""
+        """Every model call goes through here: budget, concurrency, events, usage.
+
+        `call_path` names the call's place in the run tree (sub-calls pass theirs); root
+        and final calls are named by the iteration. It reaches the model in
+        `request.metadata["rlm.call_path"]`.
+        """
         self.ledger.check()
         sent = list(messages)
         if sent and not sent[-1].cache_breakpoint:
             # Mark the end of this request so the next one, which repeats it as its
             # prefix, can be served from the provider's prompt cache.
             sent[-1] = replace(sent[-1], cache_breakpoint=True)
-        request = ModelRequest(messages=tuple(sent), tools=tools, purpose=purpose)
+        if call_path is None:
+            place = {"root": "", "final": "final", "compaction": "c"}.get(purpose, purpose)
+            call_path = f"{self.path}#{place}{'' if purpose == 'final' else self.iteration}"
+        request = ModelRequest(
+            messages=tuple(sent),
+            tools=tools,
+            purpose=purpose,
+            metadata={**self.request_metadata, "rlm.call_path": call_path},
+        )
         call_id = new_id()
         async with self.shared.model_slots:
             self.ledger.check()
@@ -882,6 +961,7 @@ class _Run:
                         request.temperature if request.temperature is not None else info.temperature
                     ),
                     max_tokens=request.max_output_tokens or info.max_output_tokens,
+                    request=request,
                 )
             )
 
@@ -937,13 +1017,14 @@ class _Run:
                 finish_reason=response.finish_reason,
                 text=clip(response.text),
                 text_chars=len(response.text),
+                reply=response,
             )
         )
         return response
 
     # -- sub-calls ----------------------------------------------------------------------
 
-    def child(self, prompt: str, model: Model, subcall_id: str) -> _Run:
+    def child(self, prompt: str, model: Model, subcall_id: str, path: str) -> _Run:
         """A child run for `rlm_query`, sharing this run's tree (see `SubcallRouter`)."""
         return _Run(
             self.shared,
@@ -954,6 +1035,7 @@ class _Run:
             model=model,
             parent_run_id=self.run_id,
             parent_subcall_id=subcall_id,
+            path=path,
         )
 
 

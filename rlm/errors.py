@@ -17,7 +17,8 @@ RLMError
 ├── ScriptError                 a ScriptedModel ran out of steps or has steps left over
 ├── ReplError                   the REPL could not start or talk to its worker
 ├── SessionError                a Session was used while closed or busy with another turn
-└── TrajectoryError             a trajectory file could not be read
+├── TrajectoryError             a trajectory file could not be read
+└── ReplayError                 a replay was asked for what its recording does not hold
 ```
 
 Every message says what to do next.
@@ -139,3 +140,8 @@ class SessionError(RLMError):
 
 class TrajectoryError(RLMError):
     """A trajectory file is missing, truncated or not a trajectory."""
+
+
+class ReplayError(RLMError):
+    """A `ReplayModel` (or `Cassette`, or a resume) was asked for a request its recording
+    does not hold, or for a run over a different context. The message names what differs."""

@@ -12,7 +12,10 @@ that made it (as does a `ToolCallStarted`); a child run's `RunStarted` carries i
 `parent_run_id` and the `parent_subcall_id` that started it.
 
 Long texts (prompts, replies, outputs) are cut to `MAX_EVENT_TEXT` characters in events;
-the `*_chars` fields keep the true lengths.
+the `*_chars` fields keep the true lengths. Two fields are kept whole because replay and
+resume need the exact exchange: `ModelCallStarted.request` (the request as sent) and
+`ModelCallFinished.reply` (the model's reply). The log and span subscribers do not read
+them; the trajectory file stores each distinct message once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Literal, TypeAlias
 
 from rlm._serde import from_jsonable, to_jsonable
 from rlm.errors import ConfigurationError
-from rlm.providers.base import ModelPurpose, Usage
+from rlm.providers.base import ModelPurpose, ModelRequest, ModelResponse, Usage
 from rlm.result import RLMResult
 
 logger = logging.getLogger("rlm")
@@ -75,6 +78,9 @@ class RunStarted(BaseEvent):
     context_type: str
     context_chars: int
     parent_subcall_id: str | None = None
+    context_fingerprint: str = ""
+    model_context_window: int | None = None
+    sub_model_context_window: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,6 +105,7 @@ class ModelCallStarted(BaseEvent):
     server_port: int | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    request: ModelRequest | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,6 +126,7 @@ class ModelCallFinished(BaseEvent):
     text_chars: int = 0
     error_type: str | None = None
     error: str | None = None
+    reply: ModelResponse | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

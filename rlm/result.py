@@ -33,6 +33,22 @@ class CodeExecution:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    """How a resumed run was put together (`RLMResult.resumed`).
+
+    `replayed_calls` model calls were answered from `trajectory` (their usage and cost are
+    in the result's totals: the result covers the whole run), `live_calls` were made
+    now. `differences` lists the places where code run again printed something other
+    than in the recording (see `rlm.replay`).
+    """
+
+    trajectory: str
+    replayed_calls: int
+    live_calls: int
+    differences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Iteration:
     """One turn of the loop: the model's reply and the code it ran."""
 
@@ -61,6 +77,7 @@ class RLMResult:
     of an existing REPL variable: the answer is that variable's value. `from_prose` is
     set when the reply to the last-answer request (after `max_iterations`) had no answer
     that could be resolved, so `answer` is that reply's text outside code: a best effort.
+    `resumed` is set on the result of `rlm.resume` (see `ResumeInfo`).
     """
 
     answer: str | None
@@ -81,6 +98,7 @@ class RLMResult:
     from_prose: bool = False
     output: Any = None
     tool_calls: int = 0
+    resumed: ResumeInfo | None = None
 
     @property
     def ok(self) -> bool:

@@ -104,6 +104,9 @@ class SubcallOwner(Protocol):
     @property
     def current_exec_id(self) -> str | None: ...
 
+    @property
+    def path(self) -> str: ...
+
     def _base(self) -> dict[str, Any]:
         """The fields every event of this run carries."""
         ...
@@ -118,9 +121,10 @@ class SubcallOwner(Protocol):
         *,
         purpose: Literal["root", "subcall", "final"],
         subcall_id: str | None = None,
+        call_path: str | None = None,
     ) -> ModelResponse: ...
 
-    def child(self, prompt: str, model: Model, subcall_id: str) -> ChildRun: ...
+    def child(self, prompt: str, model: Model, subcall_id: str, path: str) -> ChildRun: ...
 
 
 class SubcallRouter:
@@ -131,6 +135,13 @@ class SubcallRouter:
         self.run = run
         self.tools = tools
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._calls = 0
+
+    def _next_slot(self) -> str:
+        """A name for the next helper call of this run ("s1", "s2", ...): the code asks
+        for them one at a time, so the same code names them the same on every run."""
+        self._calls += 1
+        return f"s{self._calls}"
 
     @property
     def tool_stubs(self) -> Sequence[ToolStub]:
@@ -150,10 +161,10 @@ class SubcallRouter:
                 self.tasks.discard(task)
 
     async def llm_query(self, prompt: str, model: str | None = None) -> str:
-        return await self._subcall(prompt, model, recursive=False)
+        return await self._subcall(prompt, model, recursive=False, slot=self._next_slot())
 
     async def rlm_query(self, prompt: str, model: str | None = None) -> str:
-        return await self._subcall(prompt, model, recursive=True)
+        return await self._subcall(prompt, model, recursive=True, slot=self._next_slot())
 
     async def llm_query_batched(
         self, prompts_: Sequence[str], model: str | None = None
@@ -181,12 +192,13 @@ class SubcallRouter:
     async def _batch(self, items: Sequence[str], model: str | None, recursive: bool) -> list[str]:
         replies = [""] * len(items)
         pending = iter(range(len(items)))  # shared: each index is taken by one worker
+        slot = self._next_slot()
 
         async def worker() -> None:
             for index in pending:
                 try:
                     replies[index] = await self._subcall(
-                        items[index], model, recursive, (index, len(items))
+                        items[index], model, recursive, (index, len(items)), f"{slot}.{index}"
                     )
                 except LLMQueryError as exc:
                     replies[index] = f"[error: {exc}]"
@@ -221,6 +233,7 @@ class SubcallRouter:
         model_name: str | None,
         recursive: bool,
         batch: tuple[int, int] | None = None,
+        slot: str = "s0",
     ) -> str:
         run = self.run
         model = self._sub_model(model_name)
@@ -231,6 +244,7 @@ class SubcallRouter:
         except BudgetExceeded as exc:
             raise LLMQueryError(f"sub-call not made: {exc}") from None
         subcall_id = new_id()
+        path = f"{run.path}/{slot}"
         started = time.perf_counter()
         task = asyncio.current_task()
         if task is not None:
@@ -253,7 +267,7 @@ class SubcallRouter:
         error: str | None = None
         try:
             if recursive:
-                child_run_id, text = await self._child_run(prompt, model, subcall_id)
+                child_run_id, text = await self._child_run(prompt, model, subcall_id, path)
             else:
                 window = self.window_tokens(info)
                 if window is not None and len(prompt) > window_chars(window):
@@ -268,6 +282,7 @@ class SubcallRouter:
                     [Message("user", prompt)],
                     purpose="subcall",
                     subcall_id=subcall_id,
+                    call_path=path,
                 )
                 text = response.text
         except LLMQueryError as exc:
@@ -308,9 +323,11 @@ class SubcallRouter:
                 self.tasks.discard(task)
         return text
 
-    async def _child_run(self, prompt: str, model: Model, subcall_id: str) -> tuple[str, str]:
+    async def _child_run(
+        self, prompt: str, model: Model, subcall_id: str, path: str
+    ) -> tuple[str, str]:
         async with self.run.shared.child_slot(self.run.depth + 1):
-            child = self.run.child(prompt, model, subcall_id)
+            child = self.run.child(prompt, model, subcall_id, path)
             result = await child.execute()
         if result.answer is None:
             raise LLMQueryError(

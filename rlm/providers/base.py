@@ -115,6 +115,12 @@ class ModelRequest:
     (`llm_query` from the model's code), "final" (the last request for an answer when
     a run is out of iterations) or "compaction" (a summary of the history when it nears
     the model's window). Adapters may ignore it.
+
+    `metadata` is set by the engine for models that want to know who is asking (the
+    provider adapters send none of it): `"rlm.run_id"`, `"rlm.depth"`,
+    `"rlm.context_fingerprint"` (`rlm.fingerprint.context_fingerprint` of the run's
+    context) and `"rlm.call_path"` (the call's place in the run tree), which
+    `rlm.testing.ReplayModel` and `rlm.resume` use.
     """
 
     messages: tuple[Message, ...]

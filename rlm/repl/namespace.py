@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextvars
+import itertools
 import linecache
 import os
 import sys
@@ -379,8 +380,8 @@ _RLM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _format_exception(exc: BaseException) -> str:
-    """The traceback from the model's own frames on, without rlm's frames (a helper's or
-    a tool stub's failure reads as a failure of the call in the model's code)."""
+    """The traceback from the model's own frames on, cut where the call enters rlm (a
+    helper's or a tool stub's failure reads as a failure of the call in the model's code)."""
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next
@@ -392,7 +393,12 @@ def _format_exception(exc: BaseException) -> str:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        frames = [f for f in current.stack if not f.filename.startswith(_RLM_DIR)]
+        # Cut where the call enters rlm: rlm's frames and the thread plumbing below them
+        # (concurrent.futures, whose line numbers vary between runs) say nothing to the
+        # model and would make a recorded run's feedback unrepeatable.
+        frames = list(
+            itertools.takewhile(lambda f: not f.filename.startswith(_RLM_DIR), current.stack)
+        )
         current.stack = traceback.StackSummary.from_list(frames)
         pending += [current.__cause__, current.__context__]
     return "".join(report.format()).rstrip()

@@ -17,13 +17,18 @@ print(root.result.answer, trajectory.usage)
 ```
 
 The format is one `rlm.events.event_to_json(event)` per line, in the order the events
-happened (`rlm.events.event_from_json` reads a line back). Each line is flushed as it is
+happened (`rlm.events.event_from_json` reads a line back), with one saving: the whole
+request a `model_call_started` event carries is stored message by message, and a message
+already written earlier in the file (a root run's history repeats in every request) is
+written as `{"ref": "<sha>"}` pointing at its first copy, which carries `"sha"`.
+`read_events` expands them again. Each line is flushed as it is
 written, so a crash or kill loses at most the line being written; `load_trajectory`
 tolerates such a cut-off last line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -53,9 +58,10 @@ from rlm.events import (
     ToolCallFinished,
     ToolCallStarted,
     event_from_dict,
+    event_to_dict,
     event_to_json,
 )
-from rlm.providers.base import ModelPurpose, Usage
+from rlm.providers.base import ModelPurpose, ModelRequest, ModelResponse, Usage
 from rlm.result import RLMResult
 
 # -- writing --------------------------------------------------------------------------------
@@ -93,10 +99,32 @@ class TrajectoryRecorder:
                 "Pick a writable path."
             ) from exc
         self.events_written = 0
+        self._written_messages: set[str] = set()
+
+    def _encode(self, event: Event) -> str:
+        if not (isinstance(event, ModelCallStarted) and event.request is not None):
+            return event_to_json(event)
+        data = event_to_dict(event)
+        request = data["request"]
+        request["messages"] = [self._message_entry(m) for m in request["messages"]]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    def _message_entry(self, message: dict[str, object]) -> dict[str, object]:
+        body = {k: v for k, v in message.items() if k != "cache_breakpoint"}
+        sha = hashlib.blake2b(
+            json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8"), digest_size=10
+        ).hexdigest()
+        if sha in self._written_messages:
+            ref: dict[str, object] = {"ref": sha}
+            if message.get("cache_breakpoint"):
+                ref["cache_breakpoint"] = True
+            return ref
+        self._written_messages.add(sha)
+        return {**message, "sha": sha}
 
     def __call__(self, event: Event) -> None:
-        line = event_to_json(event) + "\n"
         with self._lock:
+            line = self._encode(event) + "\n"
             if self._file is None:
                 raise TrajectoryError(
                     f"TrajectoryRecorder({str(self.path)!r}) is closed; make a new one "
@@ -164,6 +192,8 @@ class ModelCallRecord:
     error_type: str | None = None
     error: str | None = None
     retries: list[ModelRetry] = field(default_factory=list)
+    request: ModelRequest | None = None
+    reply: ModelResponse | None = None
 
 
 @dataclass(slots=True)
@@ -433,14 +463,12 @@ def read_events(path: str | os.PathLike[str]) -> tuple[list[Event], bool]:
         lines.pop()
     events: list[Event] = []
     truncated = False
+    decode = LineDecoder()
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
-            payload = json.loads(raw.decode("utf-8"))
-            if not isinstance(payload, dict):
-                raise ValueError(f"a JSON {type(payload).__name__}, not an object")
-            events.append(event_from_dict(payload))
+            events.append(decode(raw))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             if number == len(lines) and not ends_cleanly and events:
                 truncated = True  # the writer stopped mid-line
@@ -457,6 +485,42 @@ def read_events(path: str | os.PathLike[str]) -> tuple[list[Event], bool]:
             + "; the run may have been stopped before its first event was written"
         )
     return events, truncated
+
+
+class LineDecoder:
+    """Reads the lines of one trajectory file, in order, back into events (a line may
+    refer to messages written on earlier lines, so one decoder reads one file)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[str, dict[str, object]] = {}
+
+    def __call__(self, line: str | bytes) -> Event:
+        """The event on `line`; raises ValueError (or TypeError/KeyError) for a bad line."""
+        payload = json.loads(line)
+        if not isinstance(payload, dict):
+            raise ValueError(f"a JSON {type(payload).__name__}, not an object")
+        request = payload.get("request")
+        if payload.get("kind") == "model_call_started" and isinstance(request, dict):
+            stored = request.get("messages", ())
+            request["messages"] = [_expand(m, self._messages) for m in stored]
+        return event_from_dict(payload)
+
+
+def _expand(entry: object, seen: dict[str, dict[str, object]]) -> object:
+    """A stored message back in full: a `{"ref": sha}` becomes the message it points at."""
+    if not isinstance(entry, dict):
+        return entry
+    if "ref" in entry:
+        try:
+            message = dict(seen[str(entry["ref"])])
+        except KeyError:
+            raise ValueError(f"message reference {entry['ref']!r} before its message") from None
+        message["cache_breakpoint"] = bool(entry.get("cache_breakpoint", False))
+        return message
+    sha = entry.get("sha")
+    if isinstance(sha, str):
+        seen[sha] = entry
+    return entry
 
 
 class _Builder:
@@ -604,6 +668,7 @@ class _Builder:
             message_count=event.message_count,
             prompt_chars=event.prompt_chars,
             last_message=event.last_message,
+            request=event.request,
         )
         self.calls[event.call_id] = call
         sub = self.subcalls.get(event.subcall_id) if event.subcall_id else None
@@ -633,6 +698,7 @@ class _Builder:
         call.text_chars = event.text_chars
         call.error_type = event.error_type
         call.error = event.error
+        call.reply = event.reply
 
     def code_executed(self, run: RunRecord, event: CodeExecuted) -> None:
         code = self.codes.get(event.exec_id)

@@ -12,6 +12,10 @@ model.assert_exhausted()          # every step was used
 assert len(model.calls) == 2       # the requests it received
 ```
 
+`ReplayModel` and `Cassette` (`rlm.testing.replay`) answer from a recorded run instead,
+and the `rlm_cassette` pytest fixture (`rlm.testing.pytest_plugin`) stores cassettes next
+to your tests.
+
 Steps are reply strings, `ModelResponse`s, callables of the `ModelRequest` (sync or
 async, returning either), or exceptions to raise. Usage is estimated from text length
 (about four characters a token) so usage, cost and telemetry paths run in tests.
@@ -167,3 +171,16 @@ class FunctionModel:
         if inspect.isawaitable(value):
             value = await value
         return _finish(request, value, self.name)
+
+
+from rlm.testing.replay import Cassette, RecordedCall, ReplayModel  # noqa: E402
+
+__all__ = [
+    "Cassette",
+    "FunctionModel",
+    "RecordedCall",
+    "ReplayModel",
+    "ScriptedModel",
+    "estimate_tokens",
+    "estimate_usage",
+]

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from rlm.errors import TrajectoryError
-from rlm.events import Event, event_from_json
+from rlm.events import Event
+from rlm.telemetry.trajectory import LineDecoder
 from rlm.viewer.tree import build_tree
 
 __all__ = [
@@ -60,12 +61,13 @@ def load_events(path: str | os.PathLike[str]) -> tuple[list[Event], int]:
     events: list[Event] = []
     skipped = 0
     first_problem: str | None = None
+    decode = LineDecoder()
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                events.append(event_from_json(line))
+                events.append(decode(line))
             except (ValueError, TypeError, KeyError) as exc:
                 skipped += 1
                 if first_problem is None:

@@ -15,7 +15,8 @@ import pytest
 
 from rlm.cli import main
 from rlm.evals import get_task
-from rlm.events import RunFinished, RunStarted, event_from_json
+from rlm.events import RunFinished, RunStarted
+from rlm.telemetry.trajectory import read_events
 
 INPROC = ["--repl", "inprocess"]
 
@@ -57,7 +58,7 @@ def test_demo_runs_offline_prints_each_iteration_and_writes_a_trajectory(
     assert f"expected: ${expected:,}" in out
     assert "correct" in out
     assert f"rlm view {trajectory}" in out
-    events = [event_from_json(line) for line in trajectory.read_text().splitlines()]
+    events = read_events(trajectory)[0]
     assert isinstance(events[0], RunStarted)
     assert isinstance(events[-1], RunFinished)
     assert events[-1].result.answer == f"${expected:,}"
@@ -152,7 +153,7 @@ def test_run_writes_a_trajectory(capsys: pytest.CaptureFixture[str], tmp_path: P
         capsys, "run", "q", "-c", str(doc), "-m", "clitest/echo", "-t", str(trajectory), *INPROC
     )
     assert code == 0
-    kinds = [event_from_json(line).kind for line in trajectory.read_text().splitlines()]
+    kinds = [e.kind for e in read_events(trajectory)[0]]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert f"rlm view {trajectory}" in err
 

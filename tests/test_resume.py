@@ -1,0 +1,170 @@
+"""Resume: a run cut off at any point continues from its trajectory without sending a
+recorded request again, and ends as an uninterrupted run does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rlm
+from rlm import Budget, ModelRequest
+from rlm.errors import ReplayError
+from rlm.telemetry import TrajectoryRecorder
+from rlm.testing import FunctionModel
+from rlm.testing.replay import request_key
+
+CONTEXT = "\n".join(f"row {i}: value {i * 7}" for i in range(12))
+
+
+def code(src: str) -> str:
+    return f"```repl\n{src}\n```"
+
+
+def reply(request: ModelRequest) -> str:
+    """A deterministic model for a depth-2 run with a batch, 4 root iterations."""
+    if request.purpose == "subcall":
+        return str(sum(int(w) for w in request.messages[-1].content.split() if w.isdigit()))
+    depth = request.metadata.get("rlm.depth")
+    turns = (len(request.messages) - 2) // 2 + 1
+    if depth == "1":
+        return code("n = len(context.split())\nprint(n)") if turns == 1 else "FINAL_VAR(n)"
+    if request.purpose == "final":
+        return "FINAL(out of turns)"
+    steps = {
+        1: code("rows = context.splitlines()\nprint(len(rows))"),
+        2: code("sums = llm_query_batched(rows[:6])\nprint(sums)"),
+        3: code(
+            "words = rlm_query(rows[0])\ntotal = sum(int(s) for s in sums)\nprint(total, words)"
+        ),
+    }
+    return steps.get(turns, "FINAL_VAR(total)")
+
+
+def run_recorded(path: Path, **options: object) -> rlm.RLMResult:
+    model = FunctionModel(reply, name="m")
+    with TrajectoryRecorder(path) as recorder:
+        return rlm.run(
+            "Sum it",
+            CONTEXT,
+            model=model,
+            max_depth=2,
+            repl="inprocess",
+            on_event=recorder,
+            **options,
+        )  # type: ignore[arg-type]
+
+
+def cut(path: Path, keep_lines: int, tail: str = '{"kind":"model_ca') -> Path:
+    """The file as a kill -9 after `keep_lines` lines (mid-way through the next) leaves it."""
+    lines = path.read_text().splitlines(keepends=True)
+    cut_path = path.with_name(f"cut-{keep_lines}.jsonl")
+    cut_path.write_text("".join(lines[:keep_lines]) + tail)
+    return cut_path
+
+
+def recorded_keys(path: Path) -> list[str]:
+    from rlm.testing.replay import load_recorded_calls
+
+    return [request_key(c.request) for c in load_recorded_calls(path)]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rlm.RLMResult]:
+    path = tmp_path_factory.mktemp("resume") / "full.jsonl"
+    return path, run_recorded(path)
+
+
+def test_a_run_cut_anywhere_resumes_without_paying_twice(
+    full: tuple[Path, rlm.RLMResult],
+) -> None:
+    path, whole = full
+    assert whole.answer is not None and whole.sub_calls == 7
+    total_lines = len(path.read_text().splitlines())
+    # Cut points spread over the run: during the first call, in the batch, in the child
+    # run, and just before the end.
+    for keep in sorted(
+        {3, total_lines // 3, total_lines // 2, (2 * total_lines) // 3, total_lines - 3}
+    ):
+        cut_path = cut(path, keep)
+        before = recorded_keys(cut_path)
+        live = FunctionModel(reply, name="m")
+        resumed = rlm.resume(cut_path, context=CONTEXT, model=live, repl="inprocess")
+        assert resumed.answer == whole.answer, keep
+        assert resumed.iterations == whole.iterations
+        assert resumed.sub_calls == whole.sub_calls
+        assert resumed.total_input_tokens == whole.total_input_tokens
+        # No request recorded before the cut reached the live model again.
+        sent = [request_key(r) for r in live.calls]
+        assert not set(sent) & set(before), keep
+        info = resumed.resumed
+        assert info is not None and info.replayed_calls == len(before)
+        assert info.live_calls == len(sent) and info.differences == ()
+
+
+def test_resume_defaults_to_the_recorded_limits_and_refuses_another_context(
+    full: tuple[Path, rlm.RLMResult],
+) -> None:
+    path, _ = full
+    with pytest.raises(ReplayError, match=r"recorded over a str of .* context given is"):
+        rlm.resume(
+            path, context=CONTEXT + "!", model=FunctionModel(reply, name="m"), repl="inprocess"
+        )
+
+
+def test_changed_output_on_rerun_is_reported_and_told_to_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    seen: list[ModelRequest] = []
+
+    def clocky(request: ModelRequest) -> str:
+        seen.append(request)
+        turns = len(request.messages)
+        if turns == 2:
+            return code("import time\nstamp = time.time_ns()\nprint(stamp)")
+        if turns == 4:
+            return code("print('more')")
+        return "FINAL(done)"
+
+    with TrajectoryRecorder(path) as recorder:
+        rlm.run(
+            "q", "ctx", model=FunctionModel(clocky, name="m"), repl="inprocess", on_event=recorder
+        )
+    # Kill before the last call finished: keep the file up to the 3rd model call start.
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if '"kind":"model_call_started"' in line]
+    cut_path = tmp_path / "cut.jsonl"
+    cut_path.write_text("".join(lines[: starts[2] + 1]))
+
+    seen.clear()
+    result = rlm.resume(
+        cut_path, context="ctx", model=FunctionModel(clocky, name="m"), repl="inprocess"
+    )
+    assert result.answer == "done"
+    assert result.resumed is not None and len(result.resumed.differences) == 1
+    assert "r#2" in result.resumed.differences[0]
+    # The one live call (the one in flight at the kill) carries the note.
+    assert len(seen) == 1
+    assert "this run was resumed" in seen[0].messages[-1].content
+
+
+def test_a_budget_stop_resumes_with_a_larger_budget(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    stopped = run_recorded(path, budget=Budget(max_subcalls=3))
+    assert stopped.stop_reason in ("budget", "final")
+    live = FunctionModel(reply, name="m")
+    before = recorded_keys(path)
+    resumed = rlm.resume(
+        path, context=CONTEXT, model=live, repl="inprocess", budget=Budget(max_subcalls=50)
+    )
+    assert resumed.resumed is not None and resumed.resumed.replayed_calls == len(before)
+    assert not {request_key(r) for r in live.calls} & set(before)
+    assert resumed.sub_calls >= stopped.sub_calls
+
+
+def test_the_engine_resumes_async_too(full: tuple[Path, rlm.RLMResult]) -> None:
+    import asyncio
+
+    path, whole = full
+    engine = rlm.RLM(FunctionModel(reply, name="m"), max_depth=2, repl="inprocess")
+    result = asyncio.run(engine.aresume(cut(path, 10), context=CONTEXT))
+    assert result.answer == whole.answer and result.resumed is not None
