@@ -58,7 +58,7 @@ from rlm.providers.base import (
     Usage,
 )
 from rlm.providers.catalog import context_window as known_context_window
-from rlm.providers.http import http_client
+from rlm.providers.http import PreparedRequests, http_client
 from rlm.providers.retry import (
     ProviderSpec,
     RetryPolicy,
@@ -97,6 +97,10 @@ def _supports_open_telemetry() -> bool:
     except (TypeError, ValueError):
         return False
     return "open_telemetry" in parameters
+
+
+class _OwnedClient(PreparedRequests, anthropic.AsyncAnthropic):
+    """A client rlm builds with a key: requests built from a per-endpoint template."""
 
 
 class AnthropicModel:
@@ -188,8 +192,11 @@ class AnthropicModel:
                 # rlm's own telemetry already has a span per model call.
                 kwargs["open_telemetry"] = False
 
+            # With a key, headers are fixed; the SDK's other credentials may refresh.
+            cls = _OwnedClient if key is not None else anthropic.AsyncAnthropic
+
             def build() -> anthropic.AsyncAnthropic:
-                return anthropic.AsyncAnthropic(
+                return cls(
                     **kwargs,
                     http_client=http_client(anthropic.DefaultAioHttpClient, kwargs["timeout"]),
                 )

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import httpx2
 import openai
+from openai._models import FinalRequestOptions  # what client.request() takes
 
 from rlm.errors import ConfigurationError, MalformedResponseError
 from rlm.providers import responses
@@ -37,7 +38,7 @@ from rlm.providers._common import (
 from rlm.providers.base import Message, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from rlm.providers.catalog import context_window as known_context_window
 from rlm.providers.catalog import is_reasoning_model
-from rlm.providers.http import http_client
+from rlm.providers.http import PreparedRequests, http_client
 from rlm.providers.retry import (
     ProviderSpec,
     RetryPolicy,
@@ -56,6 +57,10 @@ OPENAI_ERRORS = SDKErrors(
 
 
 Api = Literal["responses", "chat"]
+
+
+class _OwnedClient(PreparedRequests, openai.AsyncOpenAI):
+    """The client rlm builds (a fixed key): requests built from a per-endpoint template."""
 
 
 class OpenAIModel:
@@ -144,7 +149,7 @@ class OpenAIModel:
             seconds = timeout if timeout is not None else DEFAULT_TIMEOUT_S
 
             def build() -> openai.AsyncOpenAI:
-                return openai.AsyncOpenAI(
+                return _OwnedClient(
                     api_key=key,
                     base_url=url,
                     timeout=seconds,
@@ -163,6 +168,8 @@ class OpenAIModel:
         self._encrypted_reasoning = reasoning_effort is not None or is_reasoning_model(model)
         self._reply_kind = "response object" if self.api == "responses" else "chat completion"
         client_timeout = self.client.timeout
+        path = "/responses" if self.api == "responses" else "/chat/completions"
+        self._post = FinalRequestOptions.construct(method="post", url=path)
         self._spec = ProviderSpec(
             label="OpenAI" if official else "OpenAI-compatible",
             model=model,
@@ -180,17 +187,18 @@ class OpenAIModel:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send `request` as one Responses call or chat completion, retrying transient
         failures."""
-        body = self.request_body(request)
-        path = "/responses" if self.api == "responses" else "/chat/completions"
+        options = self._post.model_copy(update={"json_data": self.request_body(request)})
         parse = self.parse_response
 
         async def attempt() -> ModelResponse:
             client = await self._clients.get()
-            # The SDK's raw POST (its documented way to call an endpoint as is), with the
+            # The SDK's raw request (what its documented `client.post()` sends), with the
             # reply kept as JSON: `chat.completions.create` would spend half of a small
             # call's CPU re-validating our plain-JSON body and building pydantic models
-            # we read three fields of. Status errors are still the SDK's.
-            reply = await client.post(path, body=body, cast_to=httpx2.Response)
+            # we read three fields of. Status errors are still the SDK's. The options
+            # are copied from ones built once per model (building them costs as much as
+            # the rest of the request).
+            reply = await client.request(httpx2.Response, options)
             return parse(self._decode(reply))
 
         return await call_with_retries(attempt, spec=self._spec, policy=self.retry)

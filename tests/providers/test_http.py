@@ -5,6 +5,7 @@ connection failures named by their cause."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import ssl
 import subprocess
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpcore2
+import httpx2
 import pytest
 
 import rlm
@@ -203,3 +205,56 @@ async def test_no_proxy_sends_directly(
     reply = await model_for("openai", server.openai_base_url).complete(REQUEST)
 
     assert reply.text == "direct"
+
+
+# -- requests built from a template ----------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_requests_after_the_first_are_the_ones_the_sdk_would_build(
+    provider: str, server: FakeLLMServer
+) -> None:
+    server.push("one", "two", "three")
+    model = model_for(provider, url_for(provider, server), api_key="sk-test")
+    replies = [
+        (
+            await model.complete(
+                rlm.ModelRequest(messages=(rlm.Message("user", f"question {i} é"),))
+            )
+        ).text
+        for i in range(3)
+    ]
+
+    assert replies == ["one", "two", "three"]
+    first, *later = server.requests
+    varying = {"content-length", "idempotency-key", "x-stainless-idempotency-key"}
+    for i, sent in enumerate(server.requests):
+        assert f"question {i} é" in json.dumps(sent.json, ensure_ascii=False)
+        assert sent.json.keys() == first.json.keys()
+        assert int(sent.headers["content-length"]) == len(sent.body)
+    for sent in later:
+        assert sent.path == first.path
+        assert {k: v for k, v in sent.headers.items() if k not in varying} == {
+            k: v for k, v in first.headers.items() if k not in varying
+        }
+
+
+async def test_a_request_with_its_own_options_is_built_by_the_sdk(server: FakeLLMServer) -> None:
+    server.push("plain", "with a header", "plain again")
+    model = model_for("openai", server.openai_base_url)
+    body = model.request_body(REQUEST)
+    client = await model._clients.get()
+
+    await model.complete(REQUEST)
+    await client.post(
+        "/chat/completions",
+        body=body,
+        cast_to=httpx2.Response,
+        options={"headers": {"X-Extra": "yes"}, "params": {"trace": "1"}},
+    )
+    await model.complete(REQUEST)
+
+    plain, extra, again = server.requests
+    assert extra.headers.get("x-extra") == "yes"
+    assert "x-extra" not in again.headers and "x-extra" not in plain.headers
+    assert again.headers.get("authorization") == plain.headers.get("authorization")
