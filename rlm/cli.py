@@ -180,6 +180,19 @@ class _Capture:
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".mypy_cache"}
 
 
+def load_output_schema(spec: str) -> dict[str, Any]:
+    """The JSON Schema named by `--output-schema` (the answer must match it)."""
+    try:
+        schema = json.loads(Path(spec).expanduser().read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read --output-schema {spec}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--output-schema {spec} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--output-schema {spec} must hold a JSON object (a JSON Schema)")
+    return schema
+
+
 def load_context(spec: str, stdin: TextIO | None = None) -> tuple[object, str]:
     """The context named by `--context`, and a short description of what was loaded.
 
@@ -357,6 +370,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     context, described = load_context(args.context)
     budget = _budget(args)
+    schema = load_output_schema(args.output_schema) if args.output_schema else None
     engine = RLM(
         args.model,
         args.sub_model,
@@ -366,6 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         budget=budget,
         repl=_repl_choice(args.repl),
         verbose=not args.quiet,
+        output_type=schema,
     )
     if not args.quiet:
         _note(f"context: {described}")
@@ -644,6 +659,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_run_limits(run)
     run.add_argument("--max-concurrency", type=int, default=16, metavar="N")
+    run.add_argument(
+        "--output-schema", metavar="SCHEMA.json",
+        help="a JSON Schema the answer must match; the answer is printed as JSON",
+    )  # fmt: skip
     run.add_argument("--trajectory", "-t", metavar="PATH", help="record events to a JSONL file")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no live progress")

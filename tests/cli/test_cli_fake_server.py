@@ -120,3 +120,50 @@ def test_eval_reproduces_the_weak_rlm_versus_strong_direct_table(
     assert "direct (gpt-4o): mean score 0.50 over 2" in out
     direct_requests = [r for r in server.requests if r.model == "gpt-4o"]
     assert len(direct_requests) == 1
+
+
+def test_run_with_an_output_schema_prints_the_validated_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"words": {"type": "integer"}},
+                "required": ["words"],
+            }
+        )
+    )
+    context = tmp_path / "text.txt"
+    context.write_text("one two three")
+    with FakeLLMServer() as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        fake.push(
+            "```repl\nFINAL({'words': 'three'})\n```",
+            "```repl\nFINAL({'words': len(context.split())})\n```",
+        )
+        code = main(
+            ["run", "How many words?", "-c", str(context), "-m", "openai/gpt-4o-mini"]
+            + ["--output-schema", str(schema), "-q"]
+        )
+        fake.assert_exhausted()
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out) == {"words": 3}
+    assert "'three' is not of type 'integer'" in fake.requests[1].view.last_user
+
+
+def test_a_bad_output_schema_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text("[1, 2]")
+    code = main(
+        ["run", "q", "-c", str(schema), "-m", "openai/gpt-4o-mini"]
+        + ["--output-schema", str(schema)]
+    )
+    _, err = capsys.readouterr()
+    assert code != 0
+    assert "must hold a JSON object" in err
