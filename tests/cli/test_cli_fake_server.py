@@ -144,10 +144,8 @@ def test_run_with_an_output_schema_prints_the_validated_json(
             "```repl\nFINAL({'words': 'three'})\n```",
             "```repl\nFINAL({'words': len(context.split())})\n```",
         )
-        code = main(
-            ["run", "How many words?", "-c", str(context), "-m", "openai/gpt-4o-mini"]
-            + ["--output-schema", str(schema), "-q"]
-        )
+        args = ["run", "How many words?", "-c", str(context), "-m", "openai/gpt-4o-mini"]
+        code = main([*args, "--output-schema", str(schema), "-q"])
         fake.assert_exhausted()
     out, _ = capsys.readouterr()
     assert code == 0
@@ -160,10 +158,8 @@ def test_a_bad_output_schema_file_is_a_usage_error(
 ) -> None:
     schema = tmp_path / "schema.json"
     schema.write_text("[1, 2]")
-    code = main(
-        ["run", "q", "-c", str(schema), "-m", "openai/gpt-4o-mini"]
-        + ["--output-schema", str(schema)]
-    )
+    args = ["run", "q", "-c", str(schema), "-m", "openai/gpt-4o-mini"]
+    code = main([*args, "--output-schema", str(schema)])
     _, err = capsys.readouterr()
     assert code != 0
     assert "must hold a JSON object" in err
