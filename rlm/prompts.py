@@ -176,19 +176,34 @@ TOOLS_HEADER = (
 )
 # The most a tool's description may add to the system prompt.
 TOOL_DESCRIPTION_CHARS = 200
+# What the tool list may add to the system prompt before descriptions are shortened, then
+# left out (the model can still read them: each tool's `__doc__` has the full text).
+TOOLS_SECTION_CHARS = 2000
+TOOLS_DOC_NOTE = "Descriptions are cut to fit; `print(name.__doc__)` shows a tool's own."
 
 
 def tools_section(tools: Sequence[ToolStub]) -> str:
-    """The system prompt's list of user tools (empty without tools)."""
+    """The system prompt's list of user tools (empty without tools), kept within
+    `TOOLS_SECTION_CHARS` when it can be by shortening descriptions."""
     if not tools:
         return ""
-    lines = [TOOLS_HEADER]
-    for tool in tools:
-        about = tool.description
-        if len(about) > TOOL_DESCRIPTION_CHARS:
-            about = about[: TOOL_DESCRIPTION_CHARS - 3] + "..."
-        lines.append(f"- `{tool.signature}`" + (f": {about}" if about else ""))
-    return "\n".join(lines) + "\n"
+    shapes = list(dict.fromkeys(s for tool in tools for s in tool.shapes))
+    text = ""
+    for limit in (TOOL_DESCRIPTION_CHARS, 60, 0):
+        lines = [TOOLS_HEADER]
+        for tool in tools:
+            about = tool.description
+            if len(about) > limit:
+                about = about[: max(0, limit - 3)] + "..." if limit else ""
+            lines.append(f"- `{tool.signature}`" + (f": {about}" if about else ""))
+        if shapes:
+            lines.append("Their types, passed and returned as dicts: " + "; ".join(shapes))
+        if limit < TOOL_DESCRIPTION_CHARS:
+            lines.append(TOOLS_DOC_NOTE)
+        text = "\n".join(lines) + "\n"
+        if len(text) <= TOOLS_SECTION_CHARS:
+            break
+    return text
 
 
 def system_prompt(

@@ -9,7 +9,8 @@ rlm.run(query, context, model=..., tools=[lookup_customer])
 ```
 
 `Tool.from_function` reads a callable's name, signature and the first lines of its
-docstring (for the system prompt) and builds pydantic adapters for its parameters (the
+docstring (for the system prompt), with the fields of the models, dataclasses and
+TypedDicts its signature names (`shapes`), and builds pydantic adapters for its parameters (the
 JSON schema in `Tool.parameters`, and validation that rebuilds models, dataclasses and
 TypedDicts from JSON). The REPL gets only a `ToolStub` and makes a function that sends
 the call to the host: the tool's function, closure and secrets never enter the sandbox.
@@ -95,6 +96,7 @@ class Tool:
     description: str
     parameters: Mapping[str, Any]
     timeout_s: float | None = DEFAULT_TIMEOUT_S
+    shapes: tuple[str, ...] = ()
     _signature: inspect.Signature = field(repr=False, default=inspect.Signature())
     _adapters: Mapping[str, TypeAdapter[Any]] = field(repr=False, default_factory=dict)
     _returns: TypeAdapter[Any] | None = field(repr=False, default=None)
@@ -146,9 +148,7 @@ class Tool:
         shown = ", ".join(_param_text(p) for p in params)
         arrow = "" if returns is inspect.Signature.empty else f" -> {_short(returns)}"
         about = description if description is not None else _first_lines(function.__doc__)
-        shapes = _shapes([p.annotation for p in params] + [returns])
-        if shapes:
-            about = f"{about} ({'; '.join(shapes)})" if about else "; ".join(shapes)
+        shapes = tuple(_shapes([p.annotation for p in params] + [returns]))
         try:
             schema = TypeAdapter(function).json_schema()  # type: ignore[arg-type]
         except (PydanticSchemaGenerationError, PydanticUserError, TypeError):
@@ -158,6 +158,7 @@ class Tool:
             name=name,
             signature=f"{name}({shown}){arrow}",
             description=about,
+            shapes=shapes,
             parameters=schema,
             timeout_s=timeout_s,
             _signature=signature,
@@ -167,7 +168,7 @@ class Tool:
 
     @property
     def stub(self) -> ToolStub:
-        return ToolStub(self.name, self.signature, self.description)
+        return ToolStub(self.name, self.signature, self.description, self.shapes)
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> inspect.BoundArguments:
         """The call's arguments checked against the signature and rebuilt from JSON."""

@@ -349,3 +349,24 @@ def test_tool_parameters_have_a_json_schema() -> None:
     tool = rlm.Tool.from_function(fetch_invoice)
     assert tool.parameters["required"] == ["customer"]
     assert tool.parameters["properties"]["month"]["default"] == "03"
+
+
+def test_the_system_prompt_stays_under_4000_characters_with_many_tools() -> None:
+    def make(i: int) -> rlm.Tool:
+        def fn(customer_id: int, year: int | None = None) -> Customer:
+            return Customer(id=customer_id, name="x")
+
+        about = f"Tool number {i}: " + "a long description of what it does and returns. " * 5
+        return rlm.Tool.from_function(fn, name=f"tool_{i}", description=about)
+
+    sizes = {}
+    for count in (1, 6, 20):
+        model = ScriptedModel(["FINAL(x)"])
+        rlm.run("q", "c", model=model, repl="inprocess", tools=[make(i) for i in range(count)])
+        system = model.calls[0].messages[0].content
+        sizes[count] = len(system)
+        assert "tool_0(customer_id: int, year: int | None = None) -> Customer" in system
+        assert system.count("Customer = {id: int, name: str}") == 1
+    assert max(sizes.values()) < 4000, sizes
+    # A short list keeps whole descriptions; a long one is cut to fit.
+    assert sizes[1] < sizes[6]

@@ -43,6 +43,8 @@ class ToolStub:
     name: str
     signature: str
     description: str = ""
+    #: `Name = {field: type, ...}` of the models and records the signature names.
+    shapes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

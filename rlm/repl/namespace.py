@@ -366,7 +366,7 @@ def _tool_stub(stub: ToolStub, call: ToolCallFn) -> Callable[..., Any]:
         return call(name, json_args, json_kwargs)
 
     tool.__name__ = tool.__qualname__ = name
-    tool.__doc__ = f"{stub.signature}\n\n{stub.description}".strip()
+    tool.__doc__ = "\n\n".join(p for p in (stub.signature, stub.description, *stub.shapes) if p)
     return tool
 
 

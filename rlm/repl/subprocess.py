@@ -633,7 +633,12 @@ class SubprocessRepl:
             "limits": self._limits_message(process),
             "max_frame": MAX_FRAME,
             "tools": [
-                {"name": t.name, "signature": t.signature, "description": t.description}
+                {
+                    "name": t.name,
+                    "signature": t.signature,
+                    "description": t.description,
+                    "shapes": list(t.shapes),
+                }
                 for t in (host_tools(self._host) if self._host is not None else ())
             ],
             "context": spec,

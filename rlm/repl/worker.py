@@ -475,7 +475,10 @@ def _serve(state: _State) -> None:
                     # A session's later context: beside the first, variables kept.
                     namespace.add_context(name, message.pop("value"))
                 else:
-                    tools = [ToolStub(**t) for t in message.get("tools", ())]
+                    tools = [
+                        ToolStub(t["name"], t["signature"], t["description"], tuple(t["shapes"]))
+                        for t in message.get("tools", ())
+                    ]
                     namespace = Namespace(
                         message.pop("value"), _make_subcalls(state, LLMQueryError), tools
                     )
