@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
+import contextvars
+import functools
 import inspect
 import keyword
 import re
@@ -49,6 +52,12 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 60.0
 #: Docstring lines shown in the system prompt.
 DOC_LINES = 2
+
+# Sync tools run on these threads, not on the event loop's default executor: `asyncio.run`
+# waits for that one before it returns, so a tool past its timeout would hold up the
+# caller until it ended. Threads start as needed; in-flight calls are bounded per run
+# tree by `max_concurrency`.
+_TOOL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rlm-tool")
 
 _CONTEXT_NAME = re.compile(r"context(_\d+)?")
 _QUALIFIED = re.compile(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)")
@@ -387,7 +396,10 @@ class ToolDispatch:
                     else:
                         # A thread, so a blocking tool does not stop the event loop; it
                         # cannot be interrupted, so past the timeout it ends unheard.
-                        result = await asyncio.to_thread(tool.function, *bound.args, **bound.kwargs)
+                        call = functools.partial(tool.function, *bound.args, **bound.kwargs)
+                        result = await asyncio.get_running_loop().run_in_executor(
+                            _TOOL_THREADS, contextvars.copy_context().run, call
+                        )
                         if inspect.isawaitable(result):
                             result = await result
             except TimeoutError as exc:

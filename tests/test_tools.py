@@ -370,3 +370,69 @@ def test_the_system_prompt_stays_under_4000_characters_with_many_tools() -> None
     assert max(sizes.values()) < 4000, sizes
     # A short list keeps whole descriptions; a long one is cut to fit.
     assert sizes[1] < sizes[6]
+
+
+def test_a_sync_tool_past_its_timeout_does_not_hold_up_the_run(repl: str) -> None:
+    release, finished = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        """Blocks until released."""
+        release.wait(30)
+        finished.set()
+        return "late"
+
+    try:
+        result, model = run(
+            [code("try:\n    stuck()\nexcept Exception as exc:\n    print(exc)"), "FINAL(x)"],
+            repl,
+            tools=[rlm.Tool.from_function(stuck, timeout_s=0.2)],
+        )
+        assert "stuck() did not finish within its time limit" in fed_back(model, 1)
+        assert result.answer == "x"
+        assert not finished.is_set()  # the run ended while the tool was still blocked
+    finally:
+        release.set()
+
+
+async def test_cancelling_a_run_cancels_its_tool_call(repl: str) -> None:
+    entered = asyncio.Event()
+
+    async def wait_forever() -> str:
+        """Never returns."""
+        entered.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    events: list[Event] = []
+    engine = rlm.RLM(
+        ScriptedModel([code("wait_forever()")]),
+        repl=repl,
+        tools=[rlm.Tool.from_function(wait_forever, timeout_s=None)],
+    )
+    task = asyncio.create_task(engine.arun("q", "ctx", on_event=events.append))
+    await asyncio.wait_for(entered.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert [(e.ok, e.error) for e in finished] == [(False, "cancelled")]
+    assert events[-1].kind == "run_finished"
+    assert events.index(finished[0]) < len(events) - 1
+
+
+async def test_stream_takes_tools_and_an_output_type() -> None:
+    model = ScriptedModel([code("FINAL({'customer_id': 4, 'name': lookup_customer(4)['name']})")])
+
+    class Named(BaseModel):
+        customer_id: int
+        name: str
+
+    events = [
+        e
+        async for e in rlm.stream(
+            "q", "ctx", model=model, repl="inprocess", tools=[lookup_customer], output_type=Named
+        )
+    ]
+    assert events[-1].kind == "run_finished"
+    assert events[-1].result.output == Named(customer_id=4, name="c4")  # type: ignore[union-attr]
+    assert any(isinstance(e, ToolCallStarted) for e in events)
