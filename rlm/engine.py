@@ -75,7 +75,7 @@ from rlm.strategies.termination import (
     default_termination,
 )
 from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
-from rlm.tools import Tool, ToolDispatch, as_tools
+from rlm.tools import RecordedTools, Tool, ToolDispatch, as_tools
 
 if TYPE_CHECKING:
     from rlm.session import Session
@@ -122,6 +122,8 @@ class _Config:
     sub_tools: tuple[Tool, ...] = ()
     output: OutputSpec = UNTYPED
     compaction_threshold: float | None = DEFAULT_COMPACTION_THRESHOLD
+    # Tool outcomes answered from a recording instead of calling the tools (a resume).
+    recorded_tools: RecordedTools | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,11 +444,13 @@ class RLM:
             raise
         return prepared.finish(result)
 
-    def _with_models(self, model: Model, sub_model: Model) -> RLM:
-        """This engine with other models (a resume puts replays in front of them)."""
+    def _for_resume(self, model: Model, sub_model: Model, tools: RecordedTools) -> RLM:
+        """This engine with replays in front of its models and tools (see `rlm.replay`)."""
         clone = object.__new__(RLM)
         clone.__dict__.update(self.__dict__)
-        clone._config = replace(self._config, model=model, sub_model=sub_model)
+        clone._config = replace(
+            self._config, model=model, sub_model=sub_model, recorded_tools=tools
+        )
         return clone
 
     def _check_cost_budget(self, budget: Budget | None) -> None:
@@ -526,7 +530,9 @@ class _Run:
         self.from_prose = False
         self.output = output
         tools = self.config.tools if depth == 0 else self.config.sub_tools
-        self.subcalls = SubcallRouter(self, ToolDispatch(tools, self, shared.tool_slots))
+        self.subcalls = SubcallRouter(
+            self, ToolDispatch(tools, self, shared.tool_slots, self.config.recorded_tools)
+        )
         self.started = time.perf_counter()
         self.compaction = Compaction(
             shared.config.compaction_threshold, self.subcalls.window_tokens(self.model_info)

@@ -209,12 +209,15 @@ class ToolCallStarted(BaseEvent):
     exec_id: str | None
     name: str
     arguments: str
+    call_path: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallFinished(BaseEvent):
     """A tool call ended: `result` is a preview of the JSON it returned, or `error` the
-    message the model's code got."""
+    message the model's code got. `value` is the whole JSON value, kept for resume
+    (the log and span subscribers do not read it); `replayed` is set when a resume
+    answered the call from its recording instead of calling the tool."""
 
     kind: Literal["tool_call_finished"] = "tool_call_finished"
     tool_call_id: str
@@ -224,6 +227,8 @@ class ToolCallFinished(BaseEvent):
     result_chars: int = 0
     error: str | None = None
     duration_s: float
+    value: Any = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlm.errors import ReplayError
-from rlm.events import RunStarted
+from rlm.events import Event, RunStarted, ToolCallFinished, ToolCallStarted, clip
 from rlm.fingerprint import context_fingerprint, describe_fingerprint
 from rlm.providers.base import Model, ModelRequest, ModelResponse, describe_model
 from rlm.result import ResumeInfo, RLMResult
-from rlm.testing.replay import RecordedCall, ReplayModel
+from rlm.testing.replay import Divergence, RecordedCall, ReplayModel
+from rlm.tools import RecordedToolResult
 
 if TYPE_CHECKING:
     from rlm.engine import RLM
@@ -47,6 +49,16 @@ logger = logging.getLogger("rlm")
 
 # How much of each difference the model's note shows.
 NOTE_CHARS = 1_500
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedToolCall:
+    """One finished tool call of the recording, at its place in the run tree."""
+
+    call_path: str
+    name: str
+    arguments: str
+    outcome: RecordedToolResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,7 @@ class ResumePoint:
     attempts: int
     finished: bool
     truncated: bool
+    tool_calls: tuple[RecordedToolCall, ...] = ()
 
     @property
     def query(self) -> str:
@@ -115,7 +128,65 @@ def load_resume_point(path: str | os.PathLike[str]) -> ResumePoint:
         attempts=len(attempts),
         finished=last.status == "finished",
         truncated=trajectory.truncated,
+        tool_calls=tuple(_tool_calls(run.events for a in attempts for run in a.walk())),
     )
+
+
+def _tool_calls(streams: Iterable[Iterable[Event]]) -> Iterator[RecordedToolCall]:
+    """Finished tool calls (not cancelled ones) with their recorded outcome."""
+    for events in streams:
+        started: dict[str, ToolCallStarted] = {}
+        for event in events:
+            if isinstance(event, ToolCallStarted) and event.call_path:
+                started[event.tool_call_id] = event
+            elif isinstance(event, ToolCallFinished) and event.tool_call_id in started:
+                if not event.ok and event.error == "cancelled":
+                    continue
+                start = started[event.tool_call_id]
+                assert start.call_path is not None
+                yield RecordedToolCall(
+                    call_path=start.call_path,
+                    name=start.name,
+                    arguments=start.arguments,
+                    outcome=RecordedToolResult(
+                        value=event.value if event.ok else None,
+                        error=None if event.ok else event.error or "the tool failed",
+                    ),
+                )
+
+
+class _RecordedTools:
+    """Answers a resumed run's tool calls from the recording, by place in the run tree;
+    a call that differs (another tool or other arguments) runs live and is noted."""
+
+    def __init__(self, calls: Iterable[RecordedToolCall], replay: ReplayModel) -> None:
+        self._at: dict[str, list[RecordedToolCall]] = {}
+        for call in calls:
+            self._at.setdefault(call.call_path, []).append(call)
+        self._replay = replay
+        self._lock = threading.Lock()
+        self.replayed = 0
+
+    def take(self, call_path: str, name: str, arguments: str) -> RecordedToolResult | None:
+        with self._lock:
+            waiting = self._at.get(call_path)
+            if not waiting:
+                return None
+            recorded = waiting[0]
+            if recorded.name == name and recorded.arguments == clip(arguments):
+                waiting.pop(0)
+                self.replayed += 1
+                return recorded.outcome
+            self._replay.divergences.append(
+                Divergence(
+                    call_path,
+                    "tool",
+                    f"the code called {name}({clip(arguments, 200)}) where the recording has "
+                    f"{recorded.name}({clip(recorded.arguments, 200)}); it ran live",
+                )
+            )
+            waiting.pop(0)
+            return None
 
 
 class _NotedModel:
@@ -166,16 +237,17 @@ class PreparedResume:
     engine: RLM
     point: ResumePoint
     replay: ReplayModel
+    tools: _RecordedTools
 
     def finish(self, result: RLMResult) -> RLMResult:
         """The run's result, marked as resumed (differences logged)."""
-        return _mark(result, self.point, self.replay)
+        return _mark(result, self.point, self.replay, self.tools)
 
     def mark_error(self, exc: BaseException) -> None:
         """Mark the partial result an error carries, if any."""
         partial = getattr(exc, "result", None)
         if isinstance(partial, RLMResult):
-            exc.result = _mark(partial, self.point, self.replay)  # type: ignore[attr-defined]
+            exc.result = _mark(partial, self.point, self.replay, self.tools)  # type: ignore[attr-defined]
 
 
 def prepare_resume(
@@ -207,10 +279,13 @@ def prepare_resume(
     sub = replay
     if sub_model is not root_model:
         sub = replay.with_identity(sub_model, fallback=_NotedModel(sub_model, replay))
-    return PreparedResume(engine._with_models(replay, sub), point, replay)
+    tools = _RecordedTools(point.tool_calls, replay)
+    return PreparedResume(engine._for_resume(replay, sub, tools), point, replay, tools)
 
 
-def _mark(result: RLMResult, point: ResumePoint, replay: ReplayModel) -> RLMResult:
+def _mark(
+    result: RLMResult, point: ResumePoint, replay: ReplayModel, tools: _RecordedTools
+) -> RLMResult:
     differences = tuple(f"{d.call_path}: {d.difference}" for d in replay.divergences)
     for difference in differences:
         logger.warning("rlm resume: re-running recorded code gave other output at %s", difference)
@@ -219,6 +294,7 @@ def _mark(result: RLMResult, point: ResumePoint, replay: ReplayModel) -> RLMResu
         resumed=ResumeInfo(
             trajectory=str(point.path),
             replayed_calls=replay.replayed,
+            replayed_tool_calls=tools.replayed,
             live_calls=replay.live,
             differences=differences,
         ),

@@ -38,14 +38,17 @@ class ResumeInfo:
 
     `replayed_calls` model calls were answered from `trajectory` (their usage and cost are
     in the result's totals: the result covers the whole run), `live_calls` were made
-    now. `differences` lists the places where code run again printed something other
-    than in the recording (see `rlm.replay`).
+    now. `replayed_tool_calls` tool calls were answered from the file too (the tools
+    were not called). `differences` lists the places where code run again printed
+    something other than in the recording, or called a tool differently (see
+    `rlm.replay`).
     """
 
     trajectory: str
     replayed_calls: int
     live_calls: int
     differences: tuple[str, ...] = ()
+    replayed_tool_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)

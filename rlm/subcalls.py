@@ -155,7 +155,8 @@ class SubcallRouter:
         if task is not None:
             self.tasks.add(task)
         try:
-            return await self.tools.call(name, args, kwargs)
+            path = f"{self.run.path}/{self._next_slot()}"
+            return await self.tools.call(name, args, kwargs, call_path=path)
         finally:
             if task is not None:
                 self.tasks.discard(task)

@@ -330,16 +330,42 @@ class ToolOwner(Protocol):
     async def emit(self, event: Event) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedToolResult:
+    """What a recorded tool call returned (`value`, JSON) or the error its caller got."""
+
+    value: Any = None
+    error: str | None = None
+
+
+class RecordedTools(Protocol):
+    """Answers tool calls from a recording instead of calling the tools (a resume)."""
+
+    def take(self, call_path: str, name: str, arguments: str) -> RecordedToolResult | None:
+        """The recorded outcome of the call at `call_path`, if the recording holds this
+        call (same tool, same arguments) there; None to call the tool."""
+        ...
+
+
 class ToolDispatch:
     """Runs one run's tool calls: the `call_tool` half of its `ReplHost`."""
 
-    def __init__(self, tools: Sequence[Tool], owner: ToolOwner, slots: asyncio.Semaphore):
+    def __init__(
+        self,
+        tools: Sequence[Tool],
+        owner: ToolOwner,
+        slots: asyncio.Semaphore,
+        recorded: RecordedTools | None = None,
+    ):
         self.tools = {t.name: t for t in tools}
         self.stubs = tuple(t.stub for t in tools)
         self._owner = owner
         self._slots = slots
+        self._recorded = recorded
 
-    async def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], call_path: str | None = None
+    ) -> Any:
         tool = self.tools.get(name)
         if tool is None:
             raise ToolError(f"there is no tool named {name!r}")
@@ -353,13 +379,24 @@ class ToolDispatch:
                 exec_id=owner.current_exec_id,
                 name=name,
                 arguments=clip(arguments),
+                call_path=call_path,
             )
         )
         owner.ledger.record_tool_call()
         started = time.perf_counter()
-        text, error = "", None
+        text, error, value = "", None, None
+        recorded = (
+            self._recorded.take(call_path, name, arguments)
+            if self._recorded is not None and call_path is not None
+            else None
+        )
         try:
-            value = await self._run(tool, args, kwargs)
+            if recorded is not None:
+                if recorded.error is not None:
+                    raise ToolError(recorded.error)
+                value = recorded.value
+            else:
+                value = await self._run(tool, args, kwargs)
             text = dumps(value)
             return value
         except ToolError as exc:
@@ -379,6 +416,8 @@ class ToolDispatch:
                     result_chars=len(text),
                     error=error,
                     duration_s=time.perf_counter() - started,
+                    value=value if error is None else None,
+                    replayed=recorded is not None,
                 )
             )
 

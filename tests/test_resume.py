@@ -168,3 +168,85 @@ def test_the_engine_resumes_async_too(full: tuple[Path, rlm.RLMResult]) -> None:
     engine = rlm.RLM(FunctionModel(reply, name="m"), max_depth=2, repl="inprocess")
     result = asyncio.run(engine.aresume(cut(path, 10), context=CONTEXT))
     assert result.answer == whole.answer and result.resumed is not None
+
+
+def test_recorded_tool_calls_are_answered_from_the_file(tmp_path: Path) -> None:
+    """A resume does not call a tool again for a call the recording holds (a tool may
+    charge, send or write); a recorded tool error comes back as the same error."""
+    calls: list[str] = []
+
+    def lookup(customer: str) -> dict[str, object]:
+        """Look a customer up."""
+        calls.append(customer)
+        if customer == "ghost":
+            raise KeyError("no such customer")
+        return {"name": customer, "plan": "annual"}
+
+    def model_reply(request: ModelRequest) -> str:
+        turns = len(request.messages)
+        if turns == 2:
+            return code("a = lookup('acme')\nprint(a)")
+        if turns == 4:
+            return code("try:\n    lookup('ghost')\nexcept Exception as e:\n    print('err', e)")
+        if turns == 6:
+            return code("b = lookup('globex')\nprint(b['plan'])")
+        return "FINAL_VAR(b)"
+
+    path = tmp_path / "run.jsonl"
+    with TrajectoryRecorder(path) as recorder:
+        whole = rlm.run("q", "ctx", model=FunctionModel(model_reply, name="m"),
+                        repl="inprocess", tools=[lookup], on_event=recorder)
+    assert calls == ["acme", "ghost", "globex"]
+    # Killed while the 4th model call was in flight: all three tool calls are recorded.
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if '"kind":"model_call_started"' in line]
+    cut_path = tmp_path / "cut.jsonl"
+    cut_path.write_text("".join(lines[: starts[3] + 1]))
+
+    calls.clear()
+    resumed = rlm.resume(cut_path, context="ctx", model=FunctionModel(model_reply, name="m"),
+                         repl="inprocess", tools=[lookup])
+    assert calls == []
+    assert resumed.answer == whole.answer
+    assert resumed.resumed is not None and resumed.resumed.replayed_tool_calls == 3
+    assert resumed.history[1].executions[0].stdout == whole.history[1].executions[0].stdout
+
+
+def test_a_session_with_tools_and_a_depth_two_batch_replays_with_zero_requests(
+    tmp_path: Path,
+) -> None:
+    from rlm.testing import ReplayModel
+
+    def note(text: str) -> str:
+        """Echo a note."""
+        return text.upper()
+
+    def play(request: ModelRequest) -> str:
+        if request.purpose == "subcall":
+            return "sub:" + request.messages[-1].content[:10]
+        if request.metadata.get("rlm.depth") == "1":
+            return "FINAL(child done)"
+        last = request.messages[-1].content
+        if "[block" not in last:
+            if "second" in last:
+                return code("r2 = note(str(len(parts)))\nprint(r2)")
+            return code(
+                "parts = llm_query_batched(['a', 'b', 'c'])\nc = rlm_query('go')\n"
+                "print(parts, c, note('x'))"
+            )
+        return "FINAL(turn over)"
+
+    path = tmp_path / "session.jsonl"
+    live = FunctionModel(play, name="m")
+    engine = rlm.RLM(live, max_depth=2, repl="inprocess", tools=[note])
+    with TrajectoryRecorder(path) as recorder, engine.session(context="ctx",
+                                                              on_event=recorder) as chat:
+        first = [chat.run("first question"), chat.run("second question")]
+    recorded = len(live.calls)
+
+    replay = ReplayModel.from_trajectory(path)
+    again_engine = rlm.RLM(replay, max_depth=2, repl="inprocess", tools=[note])
+    with again_engine.session(context="ctx") as chat:
+        again = [chat.run("first question"), chat.run("second question")]
+    assert [r.answer for r in again] == [r.answer for r in first]
+    assert replay.replayed == recorded and replay.live == 0 and replay.unused() == []
