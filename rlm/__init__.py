@@ -16,10 +16,12 @@ print(result.answer, result.stop_reason, result.cost_usd)
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from rlm import errors, events
 from rlm.api import aresume, arun, resume, run, stream
-from rlm.budget import Budget, ModelUsage
+from rlm.batch import BatchFailure, BatchItem, BatchReport, abatch, batch
+from rlm.budget import Budget, Ledger, ModelUsage
 from rlm.engine import RLM
 from rlm.errors import (
     BudgetExceeded,
@@ -46,6 +48,9 @@ from rlm.result import CodeExecution, Iteration, ResumeInfo, RLMResult, StopReas
 from rlm.session import Session
 from rlm.tools import Tool
 
+if TYPE_CHECKING:
+    from rlm.batch.ray import RayExecutor
+
 __version__ = "0.1.0"
 
 # A library does not decide where its log records go; the application does.
@@ -53,6 +58,9 @@ logging.getLogger("rlm").addHandler(logging.NullHandler())
 
 __all__ = [
     "RLM",
+    "BatchFailure",
+    "BatchItem",
+    "BatchReport",
     "Budget",
     "BudgetExceeded",
     "CodeExecution",
@@ -60,6 +68,7 @@ __all__ = [
     "Event",
     "EventBus",
     "Iteration",
+    "Ledger",
     "Message",
     "Model",
     "ModelRequest",
@@ -68,6 +77,7 @@ __all__ = [
     "Price",
     "ProviderError",
     "ProviderItem",
+    "RayExecutor",
     "RLMError",
     "RLMResult",
     "ResumeInfo",
@@ -80,8 +90,10 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "__version__",
+    "abatch",
     "aresume",
     "arun",
+    "batch",
     "errors",
     "events",
     "register_provider",
@@ -91,3 +103,12 @@ __all__ = [
     "set_price",
     "stream",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Ray is imported only when its executor is asked for.
+    if name == "RayExecutor":
+        from rlm.batch.ray import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module 'rlm' has no attribute {name!r}")

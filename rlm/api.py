@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from rlm.budget import Budget
+from rlm.budget import Budget, SharedLedger
 from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD
 from rlm.engine import RLM, ReplSpec, ToolsSpec
 from rlm.events import Event, OnEvent
@@ -75,12 +75,14 @@ def run(
     tools: ToolsSpec = None,
     sub_tools: ToolsSpec = None,
     output_type: Any = None,
+    ledger: SharedLedger | None = None,
 ) -> RLMResult:
     """Answer `query` over `context` (str, list, dict or any picklable object).
 
     See `rlm.RLM` for the arguments (`tools=[fn, ...]` for functions the model's code
-    can call, `output_type=` for a typed answer in `result.output`). Blocking; `arun` is
-    the async form.
+    can call, `output_type=` for a typed answer in `result.output`, `ledger=` an
+    `rlm.Ledger` shared by several runs, whose budget limits them together). Blocking;
+    `arun` is the async form.
     """
     engine = _engine(
         model,
@@ -100,7 +102,7 @@ def run(
         sub_tools,
         output_type,
     )
-    return engine.run(query, context, on_event=on_event)
+    return engine.run(query, context, on_event=on_event, ledger=ledger)
 
 
 async def arun(
@@ -124,6 +126,7 @@ async def arun(
     tools: ToolsSpec = None,
     sub_tools: ToolsSpec = None,
     output_type: Any = None,
+    ledger: SharedLedger | None = None,
 ) -> RLMResult:
     """Async `run`: same arguments. Cancelling the task stops the whole run tree."""
     engine = _engine(
@@ -144,7 +147,7 @@ async def arun(
         sub_tools,
         output_type,
     )
-    return await engine.arun(query, context, on_event=on_event)
+    return await engine.arun(query, context, on_event=on_event, ledger=ledger)
 
 
 async def stream(
@@ -168,6 +171,7 @@ async def stream(
     tools: ToolsSpec = None,
     sub_tools: ToolsSpec = None,
     output_type: Any = None,
+    ledger: SharedLedger | None = None,
 ) -> AsyncIterator[Event]:
     """Events of a run as they happen, ending with `RunFinished`: see `RLM.stream`."""
     engine = _engine(
@@ -188,7 +192,7 @@ async def stream(
         sub_tools,
         output_type,
     )
-    async for event in engine.stream(query, context, on_event=on_event):
+    async for event in engine.stream(query, context, on_event=on_event, ledger=ledger):
         yield event
 
 

@@ -4,6 +4,17 @@ A budget is checked before every model call starts (root, sub-call or child run)
 limit is reached no new call starts. Calls already in flight are allowed to finish and
 their usage is counted, so the spend can exceed a token or cost limit by at most the
 calls that were already running when it was crossed.
+
+Several runs can share one budget: make a `Ledger` and pass it to each run as
+`ledger=` (a batch does this with `total_budget=`). Every run's usage also counts in the
+shared ledger, and every check looks at both, so once the shared budget is spent no
+new model call starts in any of the runs:
+
+```python
+tenant = rlm.Ledger(rlm.Budget(max_cost_usd=5.0))
+results = await asyncio.gather(*(rlm.arun(q, doc, model=m, ledger=tenant) for q in queries))
+print(tenant.snapshot().cost_usd)
+```
 """
 
 from __future__ import annotations
@@ -12,9 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from rlm.errors import BudgetExceeded, ConfigurationError
 from rlm.providers.base import Usage
+from rlm.providers.pricing import cost_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +79,59 @@ class LedgerSnapshot:
 CostFn = Callable[[str, Usage], float | None]
 
 
+@runtime_checkable
+class SharedLedger(Protocol):
+    """What a run's ledger reports to, and checks, when several runs share a budget.
+
+    `Ledger` is one (in one process); a batch on Ray uses a proxy to a ledger held by a
+    Ray actor. `add` takes a call's usage and its cost (None when unpriced).
+    """
+
+    def add(self, model: str, usage: Usage, cost: float | None) -> None: ...
+
+    def record_execution(self) -> None: ...
+
+    def start_subcall(self) -> None: ...
+
+    def exceeded(self) -> BudgetExceeded | None: ...
+
+    def remaining_seconds(self) -> float | None: ...
+
+
 class Ledger:
     """Usage, cost and counters of one run's subtree, checked against the tree's `Budget`.
 
     The root run owns a ledger; each child run gets `ledger.child()`, whose records also
     count in every ancestor, so a run's snapshot covers its own subtree while every
     limit is checked against the root's totals. Thread-safe.
+
+    `Ledger(budget)` on its own is a budget to share between runs (see the module
+    docstring): pass it as `ledger=` to each; a run's ledger given `shared=` reports
+    every record to it and stops when it is exceeded. Its clock (for `max_seconds`)
+    starts when it is made. `cost_fn` prices usage (default: rlm's price table).
     """
 
     def __init__(
         self,
-        budget: Budget | None,
-        cost_fn: CostFn,
+        budget: Budget | None = None,
+        cost_fn: CostFn = cost_usd,
         clock: Callable[[], float] = time.monotonic,
         *,
         parent: Ledger | None = None,
+        shared: SharedLedger | None = None,
     ) -> None:
+        if budget is not None and not isinstance(budget, Budget):
+            raise ConfigurationError(f"budget must be an rlm.Budget, not {type(budget).__name__}")
+        if shared is not None and not isinstance(shared, SharedLedger):
+            raise ConfigurationError(
+                f"ledger must be an rlm.Ledger shared by the runs, not {type(shared).__name__}"
+            )
         self.budget = budget or Budget()
         self._cost_fn = cost_fn
         self._clock = clock
         self._parent = parent
         self._root: Ledger = parent._root if parent is not None else self
+        self._shared = shared if parent is None else None
         self._started: float = clock() if parent is None else parent.started_at
         self._lock = threading.Lock()
         self._by_model: dict[str, Usage] = {}
@@ -116,16 +161,31 @@ class Ledger:
         return self._clock() - self._started
 
     def remaining_seconds(self) -> float | None:
-        if self.budget.max_seconds is None:
-            return None
-        return max(0.0, self.budget.max_seconds - self.elapsed())
+        """Seconds left before this tree's (or a shared ledger's) deadline; None: none."""
+        own = (
+            None
+            if self.budget.max_seconds is None
+            else max(0.0, self.budget.max_seconds - self.elapsed())
+        )
+        shared = self._root._shared
+        other = shared.remaining_seconds() if shared is not None else None
+        if own is None or other is None:
+            return own if other is None else other
+        return min(own, other)
 
     def record(self, model: str, usage: Usage) -> float | None:
         """Add one call's usage; returns that call's cost (None when the price is unknown)."""
         cost = self._cost_fn(model, usage)
+        self.add(model, usage, cost)
+        return cost
+
+    def add(self, model: str, usage: Usage, cost: float | None) -> None:
+        """Add one call's usage at a cost already worked out (a run sharing this ledger)."""
         for node in self._lineage():
             node._add(model, usage, cost)
-        return cost
+        shared = self._root._shared
+        if shared is not None:
+            shared.add(model, usage, cost)
 
     def _add(self, model: str, usage: Usage, cost: float | None) -> None:
         with self._lock:
@@ -143,6 +203,8 @@ class Ledger:
         for node in self._lineage():
             with node._lock:
                 node._executions += 1
+        if self._root._shared is not None:
+            self._root._shared.record_execution()
 
     def record_tool_call(self) -> None:
         """Count one call of a user tool."""
@@ -154,6 +216,8 @@ class Ledger:
         """Count a sub-call as it starts; raises `BudgetExceeded` past `max_subcalls`."""
         self.check()
         root = self._root
+        if root._shared is not None:
+            root._shared.start_subcall()
         with root._lock:
             limit = self.budget.max_subcalls
             if limit is not None and root._subcalls >= limit:
@@ -173,11 +237,16 @@ class Ledger:
             raise exceeded
 
     def exceeded(self) -> BudgetExceeded | None:
-        """The first limit reached in the whole tree, if any (once reached, always)."""
+        """The first limit reached in the whole tree, if any (once reached, always),
+        or in the ledger this tree shares with other runs."""
         root = self._root
         with root._lock:
             if root._exceeded is not None:
                 return root._exceeded
+        if root._shared is not None:
+            shared = root._shared.exceeded()
+            if shared is not None:
+                return shared
         budget = self.budget
         if budget.max_seconds is None and budget.max_tokens is None and budget.max_cost_usd is None:
             return None  # nothing to total up (called before every model call)

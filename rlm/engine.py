@@ -11,12 +11,12 @@ import concurrent.futures
 import contextvars
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from rlm import prompts
-from rlm.budget import Budget, Ledger
+from rlm.budget import Budget, Ledger, SharedLedger
 from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD, Compaction, check_threshold
 from rlm.errors import (
     BudgetExceeded,
@@ -78,6 +78,7 @@ from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
 from rlm.tools import RecordedTools, Tool, ToolDispatch, as_tools
 
 if TYPE_CHECKING:
+    from rlm.batch.outcome import BatchItem, BatchReport
     from rlm.session import Session
 
 ReplSpec = Literal["subprocess", "inprocess"] | ReplFactory
@@ -267,13 +268,20 @@ class RLM:
         on_event: OnEvent = None,
         budget: Budget | None = None,
         output_type: Any = None,
+        ledger: SharedLedger | None = None,
     ) -> RLMResult:
         """Answer `query` over `context`. Cancelling the task stops the whole run tree.
 
-        `output_type` overrides the engine's for this run.
+        `output_type` overrides the engine's for this run. `ledger`: an `rlm.Ledger`
+        shared with other runs; its budget limits them together.
         """
         return await self._arun(
-            query, context, on_event=on_event, budget=budget, output_type=output_type
+            query,
+            context,
+            on_event=on_event,
+            budget=budget,
+            output_type=output_type,
+            ledger=ledger,
         )
 
     def session(
@@ -294,6 +302,7 @@ class RLM:
         output_type: Any,
         turn: _Turn | None = None,
         session_id: str | None = None,
+        ledger: SharedLedger | None = None,
     ) -> RLMResult:
         if not isinstance(query, str) or not query.strip():
             raise ConfigurationError("query must be a non-empty string")
@@ -313,10 +322,9 @@ class RLM:
             tool_slots=asyncio.Semaphore(self._config.max_concurrency),
             session_id=session_id,
         )
-        ledger = Ledger(budget, cost_usd)
         run = _Run(
             shared,
-            ledger,
+            Ledger(budget, cost_usd, shared=ledger),
             query=query,
             context=context,
             depth=0,
@@ -358,12 +366,20 @@ class RLM:
         on_event: OnEvent = None,
         budget: Budget | None = None,
         output_type: Any = None,
+        ledger: SharedLedger | None = None,
     ) -> RLMResult:
         """Blocking `arun`. Works inside a running event loop too (it uses a thread)."""
 
         def blocking() -> RLMResult:
             return asyncio.run(
-                self.arun(query, context, on_event=on_event, budget=budget, output_type=output_type)
+                self.arun(
+                    query,
+                    context,
+                    on_event=on_event,
+                    budget=budget,
+                    output_type=output_type,
+                    ledger=ledger,
+                )
             )
 
         try:
@@ -383,6 +399,7 @@ class RLM:
         on_event: OnEvent = None,
         budget: Budget | None = None,
         output_type: Any = None,
+        ledger: SharedLedger | None = None,
     ) -> AsyncIterator[Event]:
         """Events as they happen, ending with the root's `RunFinished`.
 
@@ -396,10 +413,24 @@ class RLM:
                 on_event=[listen, *as_subscribers(on_event)],
                 budget=budget,
                 output_type=output_type,
+                ledger=ledger,
             )
         )
         async for event in events:
             yield event
+
+    def batch(self, items: Iterable[BatchItem], **options: Any) -> BatchReport:
+        """Run many items with this configuration: `rlm.batch` without the model arguments
+        (`max_parallel_runs`, `total_budget`, `results`, `executor`, `budget`, ...)."""
+        from rlm.batch.api import abatch_with_engine, blocking
+
+        return blocking(lambda: abatch_with_engine(self, items, **options))
+
+    async def abatch(self, items: Iterable[BatchItem], **options: Any) -> BatchReport:
+        """Async `batch`."""
+        from rlm.batch.api import abatch_with_engine
+
+        return await abatch_with_engine(self, items, **options)
 
     async def aresume(
         self,
