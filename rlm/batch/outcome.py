@@ -118,10 +118,11 @@ def summarize(
             retried[item_id] = outcome.attempts
         if outcome.result is not None:
             for name, entry in outcome.result.usage.items():
-                usage, cost = by_model.get(name, (Usage(), 0.0))
+                so_far, cost = by_model.get(name, (Usage(), 0.0))
+                priced = cost is not None and entry.cost_usd is not None
                 by_model[name] = (
-                    usage + entry.usage,
-                    cost + entry.cost_usd if cost is not None and entry.cost_usd is not None else None,
+                    so_far + entry.usage,
+                    cost + entry.cost_usd if priced else None,  # type: ignore[operator]
                 )
     usage = {name: ModelUsage(usage=u, cost_usd=c) for name, (u, c) in by_model.items()}
     costs = [entry.cost_usd for entry in usage.values()]

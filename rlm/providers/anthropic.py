@@ -23,6 +23,7 @@ Anthropic model is first built (`import rlm` stays SDK-free).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,23 @@ class AnthropicModel:
         _check_thinking(thinking_budget, temperature, extra_body)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
+        # What pickling sends instead of the client (see __reduce__); a key or URL left
+        # to the environment stays None, so the receiving process reads its own.
+        self._settings: dict[str, Any] | None = (
+            None
+            if client is not None
+            else dict(
+                model=model,
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                temperature=temperature,
+                max_output_tokens=max_output_tokens,
+                retry=retry,
+                context_window=context_window,
+                prompt_caching=prompt_caching,
+            )
+        )
         self.name = model
         self.temperature = temperature
         small = model.startswith(_SMALL_OUTPUT_MODELS)
@@ -225,6 +243,16 @@ class AnthropicModel:
             timeout_s=client_timeout if isinstance(client_timeout, int | float) else None,
             errors=ANTHROPIC_ERRORS,
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickle as the configuration: the other process builds its own client (a client
+        holds sockets and belongs to one event loop)."""
+        if self._settings is None:
+            raise TypeError(
+                "a AnthropicModel made with client= cannot be pickled (its client cannot travel to "
+                "another process): make it with base_url= and api_key= instead"
+            )
+        return functools.partial(AnthropicModel, **self._settings), ()
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"

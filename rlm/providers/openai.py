@@ -15,6 +15,7 @@ model is first built (`import rlm` stays SDK-free).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -123,6 +124,23 @@ class OpenAIModel:
             raise ConfigurationError("reasoning_effort must be a string such as 'low' or 'high'")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
+        # What pickling sends instead of the client (see __reduce__); a key or URL left
+        # to the environment stays None, so the receiving process reads its own.
+        self._settings: dict[str, Any] | None = (
+            None
+            if client is not None
+            else dict(
+                model=model,
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                temperature=temperature,
+                max_output_tokens=max_output_tokens,
+                retry=retry,
+                context_window=context_window,
+                extra_body=dict(extra_body or {}),
+            )
+        )
         self.name = model
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
@@ -180,6 +198,16 @@ class OpenAIModel:
             timeout_s=client_timeout if isinstance(client_timeout, int | float) else None,
             errors=OPENAI_ERRORS,
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickle as the configuration: the other process builds its own client (a client
+        holds sockets and belongs to one event loop)."""
+        if self._settings is None:
+            raise TypeError(
+                "a OpenAIModel made with client= cannot be pickled (its client cannot travel to "
+                "another process): make it with base_url= and api_key= instead"
+            )
+        return functools.partial(OpenAIModel, **self._settings), ()
 
     def __repr__(self) -> str:
         return f"OpenAIModel({self.name!r}, base_url={self.base_url!r}, api={self.api!r})"

@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from rlm.errors import ScriptError
 from rlm.providers.base import ModelRequest, ModelResponse, Usage
@@ -101,6 +101,18 @@ class ScriptedModel:
         self._lock = threading.Lock()
         self.calls: list[ModelRequest] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The lock cannot be pickled; a copy (e.g. sent to a Ray worker) goes on with the
+        # rest of the script on its own and records its own calls.
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state["calls"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def remaining(self) -> list[Step]:
         """Steps not used yet."""
@@ -161,6 +173,18 @@ class FunctionModel:
         self._fn = fn
         self._lock = threading.Lock()
         self.calls: list[ModelRequest] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The lock cannot be pickled; a copy records its own calls (send the function
+        # with cloudpickle when it is a lambda or a closure).
+        state = dict(self.__dict__)
+        del state["_lock"]
+        state["calls"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         with self._lock:
