@@ -161,8 +161,7 @@ def _executor(spec: ExecutorSpec) -> Executor:
     if isinstance(spec, Executor):
         return spec
     raise ConfigurationError(
-        f"executor={spec!r}: use 'local', 'ray' or an executor such as "
-        "rlm.RayExecutor(address=...)"
+        f"executor={spec!r}: use 'local', 'ray' or an executor such as rlm.RayExecutor(address=...)"
     )
 
 
@@ -246,9 +245,7 @@ async def execute_batch(
                     on_done=on_done,
                 )
             )
-    return summarize(
-        ids, outcomes, resumed=resumed, duration_s=time.perf_counter() - started
-    )
+    return summarize(ids, outcomes, resumed=resumed, duration_s=time.perf_counter() - started)
 
 
 def blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

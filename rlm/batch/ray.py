@@ -21,6 +21,7 @@ Imported only when asked for (`executor="ray"`, `rlm.RayExecutor`); needs
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -218,14 +219,15 @@ class RayExecutor:
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
 
     async def execute(self, job: BatchJob) -> None:
         self.connect()
         budget = job.ledger.budget if job.ledger is not None else Budget()
         remaining = job.ledger.remaining_seconds() if job.ledger is not None else None
         deadline = time.time() + remaining if remaining is not None else None
-        actor = ray.remote(num_cpus=0)(_BatchLedger).remote(budget)
+        # Any: Ray's typing of actor handles does not cover method handles.
+        actor: Any = ray.remote(num_cpus=0)(_BatchLedger).remote(budget)
         try:
             box = [ray.put(job.spec)]
         except Exception as exc:

@@ -126,9 +126,7 @@ async def run_item(
         raise
     except Exception as exc:
         partial = exc.result if isinstance(exc, RLMError) else None
-        return Outcome(
-            index, item_id, "failed", partial, f"{type(exc).__name__}: {exc}", attempts
-        )
+        return Outcome(index, item_id, "failed", partial, f"{type(exc).__name__}: {exc}", attempts)
     finally:
         if recorder is not None:
             recorder.close()

@@ -48,9 +48,11 @@ async def test_results_come_back_in_input_order_whatever_order_runs_finish() -> 
         model=FunctionModel(slower_first),
         repl="inprocess",
         max_parallel_runs=6,
-        on_event=lambda e: finished.append(e.result.answer or "")
-        if isinstance(e, rlm.events.RunFinished)
-        else None,
+        on_event=lambda e: (
+            finished.append(e.result.answer or "")
+            if isinstance(e, rlm.events.RunFinished)
+            else None
+        ),
     )
     assert report.answers == [f"q-{i}:{i}" for i in range(6)]
     assert report.ids == tuple(f"item-{i}" for i in range(6))
@@ -142,10 +144,7 @@ async def test_a_shared_ledger_limits_concurrent_arun_calls_outside_a_batch() ->
     tenant = rlm.Ledger(rlm.Budget(max_tokens=3_000))
     model = FunctionModel(lambda _: "```repl\nprint(1)\n```", latency_s=0.002)
     results = await asyncio.gather(
-        *(
-            rlm.arun(f"q-{i}", "ctx", model=model, repl="inprocess", ledger=tenant)
-            for i in range(3)
-        )
+        *(rlm.arun(f"q-{i}", "ctx", model=model, repl="inprocess", ledger=tenant) for i in range(3))
     )
     assert all(r.stop_reason == "budget" for r in results)
     assert tenant.snapshot().usage.total_tokens == sum(r.total_usage.total_tokens for r in results)
