@@ -153,28 +153,15 @@ class AnthropicModel:
         thinking_budget: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
+        # What pickling sends instead of the client (see __reduce__): the arguments as
+        # given, so a key or URL left to the environment is read by the receiving process.
+        given = {k: v for k, v in locals().items() if k not in ("self", "client")}
+        self._settings: dict[str, Any] | None = given if client is None else None
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("AnthropicModel needs a model name, e.g. 'claude-sonnet-4-5'")
         _check_thinking(thinking_budget, temperature, extra_body)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
-        # What pickling sends instead of the client (see __reduce__); a key or URL left
-        # to the environment stays None, so the receiving process reads its own.
-        self._settings: dict[str, Any] | None = (
-            None
-            if client is not None
-            else dict(
-                model=model,
-                base_url=base_url,
-                api_key=api_key,
-                timeout=timeout,
-                temperature=temperature,
-                max_output_tokens=max_output_tokens,
-                retry=retry,
-                context_window=context_window,
-                prompt_caching=prompt_caching,
-            )
-        )
         self.name = model
         self.temperature = temperature
         small = model.startswith(_SMALL_OUTPUT_MODELS)

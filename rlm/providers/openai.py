@@ -113,6 +113,10 @@ class OpenAIModel:
         api: Api | None = None,
         reasoning_effort: str | None = None,
     ) -> None:
+        # What pickling sends instead of the client (see __reduce__): the arguments as
+        # given, so a key or URL left to the environment is read by the receiving process.
+        given = {k: v for k, v in locals().items() if k not in ("self", "client")}
+        self._settings: dict[str, Any] | None = given if client is None else None
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("OpenAIModel needs a model name, e.g. 'gpt-4o-mini'")
         if api not in (None, "responses", "chat"):
@@ -124,23 +128,6 @@ class OpenAIModel:
             raise ConfigurationError("reasoning_effort must be a string such as 'low' or 'high'")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError("retry must be an rlm.providers.RetryPolicy")
-        # What pickling sends instead of the client (see __reduce__); a key or URL left
-        # to the environment stays None, so the receiving process reads its own.
-        self._settings: dict[str, Any] | None = (
-            None
-            if client is not None
-            else dict(
-                model=model,
-                base_url=base_url,
-                api_key=api_key,
-                timeout=timeout,
-                temperature=temperature,
-                max_output_tokens=max_output_tokens,
-                retry=retry,
-                context_window=context_window,
-                extra_body=dict(extra_body or {}),
-            )
-        )
         self.name = model
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
