@@ -548,6 +548,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 progress=progress,
                 on_row=rows.append,
                 verbose=args.verbose,
+                executor=args.executor,
+                max_parallel_runs=args.parallel,
             )
         )
     except KeyboardInterrupt:
@@ -695,6 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
         "question=count (oolong), condition=2 (oolong-pairs)",
     )  # fmt: skip
     ev.add_argument("--trajectory-dir", metavar="DIR", help="write each RLM run's trajectory")
+    ev.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="run the RLM attempts as one batch (docs/batch.md); ray needs rlm[ray]",
+    )
+    ev.add_argument(
+        "--parallel", type=int, default=8, metavar="N", help="RLM runs at once with --executor"
+    )
     ev.add_argument("--json", action="store_true", help="print rows and summary as JSON")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     ev.add_argument("--verbose", "-v", action="store_true", help="live view of each RLM run")

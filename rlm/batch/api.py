@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from rlm.batch.local import BatchJob, Executor, LocalExecutor
 from rlm.batch.outcome import BatchItem, BatchReport, Outcome, summarize
-from rlm.batch.progress import BatchProgress
 from rlm.batch.results import ResultsFile
 from rlm.batch.spec import RunSpec, check_run_arguments
 from rlm.budget import Budget, Ledger
@@ -219,6 +218,8 @@ async def execute_batch(
         resumed_cost = sum(
             o.result.cost_usd or 0.0 for o in outcomes.values() if o.result is not None
         )
+        from rlm.batch.progress import BatchProgress  # rich: only when a batch runs
+
         bar = stack.enter_context(
             BatchProgress(len(ids), resumed=resumed, resumed_cost=resumed_cost, live=progress)
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rlm.batch.api import ExecutorSpec
+from rlm.batch.outcome import BatchItem
 from rlm.budget import Budget
 from rlm.engine import RLM, ReplSpec
 from rlm.errors import ConfigurationError, RLMError
@@ -22,6 +24,7 @@ from rlm.events import OnEvent, Subscriber
 from rlm.providers.base import Message, Model, ModelRequest, describe_model
 from rlm.providers.pricing import cost_usd
 from rlm.providers.registry import resolve_model
+from rlm.result import RLMResult
 
 if TYPE_CHECKING:
     from rlm.telemetry.trajectory import TrajectoryRecorder
@@ -105,6 +108,8 @@ async def evaluate(
     progress: Progress | None = None,
     on_row: Callable[[EvalRow], None] | None = None,
     verbose: bool = False,
+    executor: ExecutorSpec | None = None,
+    max_parallel_runs: int = 8,
 ) -> list[EvalRow]:
     """Run `task` at each size `runs` times (seeds `seed`, `seed + 1`, ...).
 
@@ -112,7 +117,9 @@ async def evaluate(
     attempt (a provider error, a context too long for the direct model, a crash) is
     recorded in its row with score 0 and the evaluation goes on. `progress` receives one
     line per step, `on_row` each row as it is finished; `verbose` shows each RLM run live
-    on stderr.
+    on stderr. With `executor` ("local", "ray" or an executor: see `rlm.batch`), the RLM
+    attempts of every instance run first as one batch of `max_parallel_runs` at a time,
+    then the direct attempts one by one.
     """
     if runs < 1:
         raise ConfigurationError(f"runs must be >= 1, not {runs}")
@@ -135,17 +142,25 @@ async def evaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _: None)
     rows: list[EvalRow] = []
+    batched: dict[tuple[int, int], Attempt] = {}
+    if executor is not None:
+        batched = await _run_batch(
+            engine, task, sizes, runs, seed, params, out_dir, executor, max_parallel_runs, say
+        )
     for size in sizes:
         for run in range(runs):
             instance = task.generate(size, seed + run, **dict(params or {}))
             label = f"{task.name} {size:,} {task.size_unit}, run {run + 1}/{runs}"
-            say(f"{label}: RLM ({engine.model.name}) ...")
             path = (
-                out_dir / f"{task.name}-{size}-seed{seed + run}.jsonl"
+                out_dir / f"{_instance_id(task, size, seed + run)}.jsonl"
                 if out_dir is not None
                 else None
             )
-            rlm_attempt = await _run_rlm(engine, instance, path)
+            if (size, run) in batched:
+                rlm_attempt = batched[(size, run)]
+            else:
+                say(f"{label}: RLM ({engine.model.name}) ...")
+                rlm_attempt = await _run_rlm(engine, instance, path)
             say(f"{label}: RLM answered {_short(rlm_attempt)}, score {rlm_attempt.score:g}")
             direct_attempt: Attempt | None = None
             if direct:
@@ -175,6 +190,91 @@ async def evaluate(
     return rows
 
 
+def _instance_id(task: Task, size: int, seed: int) -> str:
+    return f"{task.name}-{size}-seed{seed}"
+
+
+async def _run_batch(
+    engine: RLM,
+    task: Task,
+    sizes: Sequence[int],
+    runs: int,
+    seed: int,
+    params: Mapping[str, Any] | None,
+    out_dir: Path | None,
+    executor: ExecutorSpec,
+    max_parallel_runs: int,
+    say: Progress,
+) -> dict[tuple[int, int], Attempt]:
+    """Every instance's RLM attempt, run as one batch."""
+    keys: list[tuple[int, int]] = []
+    instances: list[Instance] = []
+    items: list[BatchItem] = []
+    for size in sizes:
+        for run in range(runs):
+            instance = task.generate(size, seed + run, **dict(params or {}))
+            keys.append((size, run))
+            instances.append(instance)
+            items.append(
+                BatchItem(instance.query, instance.context, id=_instance_id(task, size, seed + run))
+            )
+    say(f"{task.name}: {len(items)} RLM runs on the {executor!r} executor ...")
+    report = await engine.abatch(
+        items,
+        executor=executor,
+        max_parallel_runs=max_parallel_runs,
+        trajectories=out_dir,
+        progress=None,
+    )
+    failures = {f.index: f.error for f in report.failed}
+    attempts: dict[tuple[int, int], Attempt] = {}
+    for index, (key, instance) in enumerate(zip(keys, instances, strict=True)):
+        result = report.results[index]
+        path = out_dir / f"{items[index].id}.jsonl" if out_dir is not None else None
+        attempts[key] = _attempt(
+            engine.model.name, instance, result, failures.get(index), path, 0.0
+        )
+    return attempts
+
+
+def _attempt(
+    model: str,
+    instance: Instance,
+    result: RLMResult | None,
+    error: str | None,
+    trajectory: Path | None,
+    duration_s: float,
+) -> Attempt:
+    """The RLM's attempt from its result, or from its error (with the partial result)."""
+    if error is not None or result is None:
+        return Attempt(
+            model=model,
+            answer=None,
+            score=0.0,
+            cost_usd=result.cost_usd if result else None,
+            duration_s=result.duration_s if result else duration_s,
+            input_tokens=result.total_input_tokens if result else 0,
+            output_tokens=result.total_output_tokens if result else 0,
+            error=error or "the run did not start",
+            stop_reason="error",
+            trajectory=str(trajectory) if trajectory else None,
+        )
+    return Attempt(
+        model=model,
+        answer=result.answer,
+        score=instance.score(result.answer),
+        cost_usd=result.cost_usd,
+        duration_s=result.duration_s,
+        input_tokens=result.total_input_tokens,
+        output_tokens=result.total_output_tokens,
+        error=result.error,
+        stop_reason=result.stop_reason,
+        iterations=result.iterations,
+        sub_calls=result.sub_calls,
+        trajectory=str(trajectory) if trajectory else None,
+    )
+
+
 def _short(attempt: Attempt) -> str:
     if attempt.answer is None:
         return f"nothing ({attempt.error or attempt.stop_reason})"
@@ -197,35 +297,14 @@ async def _run_rlm(engine: RLM, instance: Instance, trajectory: Path | None) -> 
         raise
     except Exception as exc:
         partial = exc.result if isinstance(exc, RLMError) else None
-        return Attempt(
-            model=engine.model.name,
-            answer=None,
-            score=0.0,
-            cost_usd=partial.cost_usd if partial else None,
-            duration_s=time.perf_counter() - started,
-            input_tokens=partial.total_input_tokens if partial else 0,
-            output_tokens=partial.total_output_tokens if partial else 0,
-            error=f"{type(exc).__name__}: {exc}",
-            stop_reason="error",
-            trajectory=str(trajectory) if trajectory else None,
+        error = f"{type(exc).__name__}: {exc}"
+        return _attempt(
+            engine.model.name, instance, partial, error, trajectory, time.perf_counter() - started
         )
     finally:
         if recorder is not None:
             recorder.close()
-    return Attempt(
-        model=engine.model.name,
-        answer=result.answer,
-        score=instance.score(result.answer),
-        cost_usd=result.cost_usd,
-        duration_s=result.duration_s,
-        input_tokens=result.total_input_tokens,
-        output_tokens=result.total_output_tokens,
-        error=result.error,
-        stop_reason=result.stop_reason,
-        iterations=result.iterations,
-        sub_calls=result.sub_calls,
-        trajectory=str(trajectory) if trajectory else None,
-    )
+    return _attempt(engine.model.name, instance, result, None, trajectory, result.duration_s)
 
 
 async def _run_direct(model: Model, instance: Instance) -> Attempt:

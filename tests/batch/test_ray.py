@@ -31,7 +31,16 @@ def ray_instance() -> Iterator[None]:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # The functions below travel by value: workers cannot import this test module.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False
+            )
+            break
+        except Exception:  # Ray gives a raylet 30 s to register: a busy machine can miss it
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -140,3 +149,25 @@ def test_a_killed_worker_is_retried_and_reported(tmp_path: Path) -> None:
     assert report.retried == {"item-1": 2, "item-2": 2}
     assert [f.id for f in report.failed] == ["item-2"]
     assert "Worker" in report.failed[0].error or "died" in report.failed[0].error
+
+
+async def test_rlm_eval_runs_its_attempts_on_ray() -> None:
+    from rlm.evals import get_task
+    from rlm.evals.runner import evaluate
+
+    def solver(request: ModelRequest) -> str:
+        return (
+            "```repl\nimport re\ntotal = sum(int(m.replace(',', '')) for m in re.findall("
+            "r'Department: Engineering .*?Salary: \\$([\\d,]+)', context))\nFINAL(total)\n```"
+        )
+
+    rows = await evaluate(
+        get_task("salary"),
+        model=FunctionModel(solver),
+        sizes=[30],
+        runs=2,
+        repl="inprocess",
+        executor=rlm.RayExecutor(num_cpus_per_run=0.5),
+    )
+    assert [r.seed for r in rows] == [0, 1]
+    assert all(r.rlm.score == 1.0 for r in rows), [r.rlm for r in rows]

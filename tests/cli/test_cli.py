@@ -315,6 +315,20 @@ def test_eval_json_output_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert payload["summary"]["rlm"]["mean_score"] == 1.0
 
 
+def test_eval_runs_the_rlm_attempts_as_a_batch_with_an_executor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(
+        capsys, "eval", "salary", "-m", "clitest/salary", "--sizes", "50", "--runs", "3",
+        "--executor", "local", "--parallel", "3", "--json", *INPROC,
+    )  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    assert [row["seed"] for row in payload["rows"]] == [0, 1, 2]
+    assert all(row["rlm"]["score"] == 1.0 for row in payload["rows"])
+    assert "3 RLM runs on the 'local' executor" in err
+
+
 def test_eval_rejects_unknown_tasks_and_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "eval", "nosuchtask", "-m", "clitest/salary")
     assert code == 2 and "salary" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rlm.testing import FunctionModel
 
 NIAH_CODE = """\
 ```repl
+import asyncio
 import re
 key = re.search(r"magic number for (\\S+) mentioned", {query!r})[1]
 found = re.search(r"magic numbers for " + re.escape(key) + r" is: (\\d+)", context)
@@ -121,3 +123,31 @@ def test_default_sizes_are_valid(name: str) -> None:
     task = get_task(name)
     for size in task.default_sizes:
         task.check_size(size)
+
+
+async def test_an_executor_runs_the_rlm_attempts_as_one_batch(tmp_path: Path) -> None:
+    in_flight = 0
+    most = 0
+
+    async def solver(request: ModelRequest) -> str:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return niah_solver()._fn(request)  # type: ignore[return-value]
+
+    rows = await evaluate(
+        get_task("niah"),
+        model=FunctionModel(solver, name="niah-solver"),
+        sizes=[1_000, 2_000],
+        runs=2,
+        repl="inprocess",
+        trajectory_dir=tmp_path,
+        executor="local",
+        max_parallel_runs=4,
+    )
+    assert [(r.size, r.run) for r in rows] == [(1_000, 1), (1_000, 2), (2_000, 1), (2_000, 2)]
+    assert all(r.rlm.score == 1.0 and r.rlm.trajectory for r in rows)
+    assert most == 4  # the four runs overlapped
+    assert len(list(tmp_path.glob("niah-*-seed*.jsonl"))) == 4  # noqa: ASYNC240
