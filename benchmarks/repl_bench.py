@@ -263,9 +263,9 @@ def main() -> None:
             print(json.dumps(one_salary_run(rest[0])))
         return
 
-    from rlm.repl.sandbox import bwrap_works
+    from rlm.repl import bwrap
 
-    ok, problem = bwrap_works()
+    ok, problem = bwrap.works()
     kinds = ["inprocess", *(["bwrap"] if ok else []), "none"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, bwrap: {ok or problem}")
 

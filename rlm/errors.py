@@ -16,6 +16,7 @@ RLMError
 ├── BudgetExceeded              a Budget limit was reached (the run stops with "budget"/"deadline")
 ├── ScriptError                 a ScriptedModel ran out of steps or has steps left over
 ├── ReplError                   the REPL could not start or talk to its worker
+│   └── SandboxUnavailableError the default REPL's sandbox cannot be built here
 ├── SessionError                a Session was used while closed or busy with another turn
 ├── TrajectoryError             a trajectory file could not be read
 └── ReplayError                 a replay was asked for what its recording does not hold
@@ -136,6 +137,13 @@ class ReplError(RLMError):
 class SessionError(RLMError):
     """A `Session` was used in a way a conversation cannot be: after it was closed, for a
     second turn while one is running, or from an event loop it does not live on."""
+
+
+class SandboxUnavailableError(ReplError):
+    """The sandbox for model-written code cannot be built here (no bubblewrap, user
+    namespaces not allowed, no libseccomp). The message names the reason and the ways on:
+    install bubblewrap; accept a plain subprocess (`SubprocessRepl(isolation="none")` or
+    `RLM_SANDBOX=none`) inside a container you trust; or `repl="inprocess"`."""
 
 
 class TrajectoryError(RLMError):

@@ -1,12 +1,10 @@
-"""How `SubprocessRepl` confines its worker: limits, bubblewrap, cgroups, a clean environment.
+"""How `SubprocessRepl` confines its worker: limits, cgroups, a clean environment.
 
-- `ReplLimits`: the per-run limits (time per block, memory, CPU, output, processes, files).
-- Isolation: with `bwrap` (bubblewrap) the worker gets no network, its own PID/IPC/UTS
-  namespaces, no capabilities, a read-only view of the system with home directories,
-  `/run`, `/var/...`, `/mnt`, `/opt`, `/srv` and the host's working directory hidden, and
-  a private scratch directory as `/tmp`, its working directory and `$HOME`. Without
-  bwrap it is a plain subprocess with the same resource limits (see docs/sandbox.md for
-  what that path does not protect).
+- `ReplLimits`: the per-run limits (time per block, memory, CPU, output, processes,
+  files, scratch) and the bounds on what a worker can make the host hold.
+- Isolation (`Isolation`): the bubblewrap sandbox is built in `rlm.repl.bwrap`; without
+  it the worker is a plain subprocess with the same resource limits, only when asked
+  for (see docs/sandbox.md for what each path protects).
 - Processes: a pids cgroup when one can be created (root, or a delegated cgroup);
   otherwise RLIMIT_NPROC, which the kernel does not enforce for root.
 - Environment: an allowlist (PATH, locale, TZ, a HOME in scratch), so no API keys.
@@ -18,13 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,30 +28,6 @@ from rlm.errors import ConfigurationError
 from rlm.repl.protocol import EXIT_LOST_CONNECTION
 
 Isolation = Literal["auto", "bwrap", "none"]
-
-# Where the scratch directory appears inside the bwrap sandbox.
-SANDBOX_SCRATCH = "/tmp"
-# Size of the memory-backed /dev/shm inside the sandbox.
-SHM_BYTES = 64 << 20
-
-# Hidden inside the sandbox (an empty read-only directory is mounted over each), unless
-# the Python runtime lives there, in which case only the runtime's own folders show.
-HIDDEN_DIRS: tuple[str, ...] = (
-    "/root",
-    "/home",
-    "/run",
-    "/var/run",
-    "/var/tmp",
-    "/var/lib",
-    "/var/log",
-    "/var/mail",
-    "/var/spool",
-    "/var/backups",
-    "/mnt",
-    "/media",
-    "/opt",
-    "/srv",
-)
 
 # Host environment variables the worker may see (values copied when set).
 ENV_ALLOWLIST: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -197,187 +168,6 @@ def worker_env(home: str, extra: Mapping[str, str] | None = None) -> dict[str, s
     if extra:
         env.update(extra)
     return env
-
-
-# -- bubblewrap ------------------------------------------------------------------------------
-
-_bwrap_lock = threading.Lock()
-_bwrap_ok: bool | None = None
-_bwrap_problem = ""
-
-
-def bwrap_path() -> str | None:
-    return shutil.which("bwrap")
-
-
-def _base_bwrap_args(bwrap: str) -> list[str]:
-    args = [
-        bwrap,
-        "--unshare-net",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
-    ]
-    if os.geteuid() == 0:
-        args += ["--cap-drop", "ALL"]
-    return args
-
-
-def bwrap_status() -> tuple[bool | None, str]:
-    """What is known about bwrap here: (True, "") it works, (False, why) it does not, or
-    (None, "") installed but not tried yet (the first sandboxed worker will tell)."""
-    global _bwrap_ok, _bwrap_problem
-    with _bwrap_lock:
-        if _bwrap_ok is None and bwrap_path() is None:
-            _bwrap_ok, _bwrap_problem = False, "bwrap is not installed"
-        return _bwrap_ok, _bwrap_problem
-
-
-def record_bwrap(ok: bool, problem: str = "") -> None:
-    """Remember whether bwrap could start a worker (from the first attempt)."""
-    global _bwrap_ok, _bwrap_problem
-    with _bwrap_lock:
-        if _bwrap_ok is None:
-            _bwrap_ok, _bwrap_problem = ok, problem
-
-
-def bwrap_works() -> tuple[bool, str]:
-    """Whether bwrap can build our sandbox here (checked once, by running it, unless a
-    worker has already told)."""
-    global _bwrap_ok, _bwrap_problem
-    with _bwrap_lock:
-        if _bwrap_ok is None:
-            bwrap = bwrap_path()
-            if bwrap is None:
-                _bwrap_ok, _bwrap_problem = False, "bwrap is not installed"
-            else:
-                cmd = [
-                    *_base_bwrap_args(bwrap),
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--proc",
-                    "/proc",
-                    "--dev",
-                    "/dev",
-                    "--",
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-c",
-                    "pass",
-                ]
-                try:
-                    done = subprocess.run(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        capture_output=True,
-                        timeout=30,
-                        env=worker_env("/"),
-                    )
-                    _bwrap_ok = done.returncode == 0
-                    _bwrap_problem = done.stderr.decode(errors="replace").strip()[:300]
-                except (OSError, subprocess.TimeoutExpired) as exc:
-                    _bwrap_ok, _bwrap_problem = False, str(exc)
-        return _bwrap_ok, _bwrap_problem
-
-
-def _is_within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _existing(entries: Iterable[str]) -> list[str]:
-    found: set[str] = set()
-    for entry in entries:
-        if not entry or not os.path.isabs(entry):
-            continue
-        for path in (os.path.normpath(entry), os.path.realpath(entry)):
-            if path != "/" and os.path.exists(path):
-                found.add(path)
-    return sorted(found)
-
-
-def runtime_paths(rlm_dir: str) -> tuple[list[str], list[str]]:
-    """What the worker must read (the interpreter, its prefixes, rlm), and what it may
-    (the host's `sys.path`, for packages the model's code imports)."""
-    core = _existing(
-        [
-            sys.prefix,
-            sys.base_prefix,
-            sys.exec_prefix,
-            sys.base_exec_prefix,
-            os.path.dirname(sys.executable),
-            os.path.dirname(os.path.realpath(sys.executable)),
-            rlm_dir,
-        ]
-    )
-    return core, _existing(sys.path)
-
-
-def hidden_dirs(core: Sequence[str], extra: Iterable[str] = ()) -> list[str]:
-    """Directories to hide: the fixed list, $HOME, the host's cwd and `extra`."""
-    wanted = [*HIDDEN_DIRS, *extra]
-    home = os.environ.get("HOME")
-    if home:
-        wanted.append(home)
-    with contextlib.suppress(OSError):
-        wanted.append(os.getcwd())
-    chosen: list[str] = []
-    for raw in wanted:
-        if not raw or not os.path.isabs(raw):
-            continue
-        path = os.path.normpath(raw)
-        if path == "/" or os.path.islink(path) or not os.path.isdir(path):
-            continue
-        # /tmp is replaced by the scratch folder anyway; the runtime must stay whole.
-        if _is_within(path, SANDBOX_SCRATCH) or any(_is_within(path, c) for c in core):
-            continue
-        if path not in chosen:
-            chosen.append(path)
-    # Drop folders already inside another hidden one.
-    return [p for p in chosen if not any(p != q and _is_within(p, q) for q in chosen)]
-
-
-def bwrap_command(
-    scratch: str, rlm_dir: str, worker_argv: Sequence[str], hide: Iterable[str] = ()
-) -> list[str]:
-    """The bwrap command line that runs `worker_argv` in the sandbox."""
-    bwrap = bwrap_path()
-    if bwrap is None:
-        raise FileNotFoundError("bwrap")
-    core, importable = runtime_paths(rlm_dir)
-    masks = hidden_dirs(core, hide)
-    covered = [*masks, SANDBOX_SCRATCH]
-    shown: list[str] = []
-    # Runtime folders inside a hidden one come back, read-only. A sys.path folder that
-    # contains a hidden one (a project root, say) stays hidden: rlm is shown on its own.
-    for path in [*core, *importable]:
-        if not any(_is_within(path, m) for m in covered):
-            continue
-        if path not in core and any(_is_within(m, path) for m in covered):
-            continue
-        # A checkout under /tmp: its root (on sys.path) would land in the scratch
-        # folder. Only the runtime itself is shown there, never the rest of the project.
-        if path not in core and _is_within(path, SANDBOX_SCRATCH):
-            continue
-        shown.append(path)
-    shown = [p for p in shown if not any(p != q and _is_within(p, q) for q in shown)]
-    args = _base_bwrap_args(bwrap)
-    args += ["--ro-bind", "/", "/"]
-    args += ["--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
-    args += ["--remount-ro", "/dev", "--proc", "/proc"]
-    for mask in masks:
-        args += ["--tmpfs", mask]
-    args += ["--bind", scratch, SANDBOX_SCRATCH]
-    for path in sorted(shown):
-        args += ["--ro-bind", path, path]
-    for mask in masks:
-        args += ["--remount-ro", mask]
-    args += ["--chdir", SANDBOX_SCRATCH, "--", *worker_argv]
-    return args
 
 
 # -- cgroups (pids) ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from rlm.errors import ReplError
+from rlm.errors import ReplError, SandboxUnavailableError
 from rlm.repl import workers
 from rlm.repl.base import (
     ExecutionResult,
@@ -472,13 +472,17 @@ class SubprocessRepl:
 
     Args:
         limits: time, memory, CPU, output, process and file limits (`ReplLimits()`).
-        isolation: "auto" (bubblewrap when it works here, else a plain subprocess and a
-            one-time warning), "bwrap" (required; `ReplError` if unavailable) or "none"
-            (a plain subprocess with the same resource limits).
+        isolation: "auto" (the bubblewrap sandbox; a plain subprocess only when
+            `RLM_SANDBOX=none` is set), "bwrap" (the sandbox, whatever the environment
+            says) or "none" (a plain subprocess with the same resource limits, for a
+            container you trust). Where the sandbox cannot be built, `start` raises
+            `SandboxUnavailableError` naming the reason and the ways on; there is no
+            silent fallback.
         env: extra environment variables for the worker. Nothing else of the host's
             environment reaches it except PATH, locale and TZ.
-        hide: more host folders to hide from the worker (bwrap only), on top of the
-            home folders, /run, /var/..., /mnt, /opt, /srv and the host's working folder.
+        hide: host folders to leave out of the sandbox even where they hold part of the
+            Python runtime (a `site-packages` folder, say). The sandbox shows only the
+            system's libraries and the runtime; see `rlm.repl.bwrap`.
         prestart: keep one spare worker started in the background so the next run (and
             any restart) does not wait for Python to start.
 
@@ -550,7 +554,11 @@ class SubprocessRepl:
         self._host = host
         self._lock = asyncio.Lock()
         self._config = SpawnConfig(
-            isolation=workers.resolve_isolation(self._requested), env=self._env, hide=self._hide
+            isolation=workers.resolve_isolation(self._requested),
+            env=self._env,
+            hide=self._hide,
+            scratch_bytes=self.limits.scratch_bytes,
+            scratch_inodes=self.limits.scratch_inodes,
         )
         await self._connect()
 
@@ -560,12 +568,9 @@ class SubprocessRepl:
         try:
             try:
                 process, spare = await workers.pool.acquire(self._config)
-            except BwrapFailed:
-                # bwrap does not work here after all: fall back (with the warning), or
-                # refuse if the sandbox was required.
-                isolation = workers.resolve_isolation(self._requested)
-                self._config = replace(self._config, isolation=isolation)
-                process, spare = await workers.pool.acquire(self._config)
+            except BwrapFailed as exc:
+                # The first sandboxed worker showed the sandbox cannot be built here.
+                raise SandboxUnavailableError(workers.refusal(str(exc))) from None
         except OSError as exc:
             raise ReplError(f"could not start the REPL worker: {exc}") from exc
         if self._closed:

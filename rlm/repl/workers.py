@@ -31,24 +31,14 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlm.errors import ReplError
-from rlm.repl.sandbox import (
-    SANDBOX_SCRATCH,
-    CgroupTree,
-    Isolation,
-    bwrap_command,
-    bwrap_status,
-    cgroup_tree,
-    pid_alive,
-    record_bwrap,
-    worker_env,
-)
+from rlm.errors import ConfigurationError, SandboxUnavailableError
+from rlm.repl import bwrap
+from rlm.repl.sandbox import CgroupTree, Isolation, cgroup_tree, pid_alive, worker_env
 
 logger = logging.getLogger("rlm.repl")
 
@@ -131,6 +121,8 @@ class SpawnConfig:
     isolation: str  # "bwrap" or "none", resolved
     env: tuple[tuple[str, str], ...] = ()
     hide: tuple[str, ...] = ()
+    scratch_bytes: int = 256 << 20
+    scratch_inodes: int = 16_384
 
 
 _cgroup_names = itertools.count(1)
@@ -150,6 +142,7 @@ class WorkerProcess:
     cgroup: Path | None
     tree: CgroupTree | None
     preread: bytes = b""
+    scratch_mounted: bool = False
     killed: bool = False
     disposed: bool = False
     fds_closed: bool = False
@@ -196,6 +189,8 @@ class WorkerProcess:
         self.close_fds()
         if self.tree is not None and self.cgroup is not None:
             self.tree.remove(self.cgroup)
+        if self.scratch_mounted:
+            bwrap.unmount_scratch(self.scratch)
         shutil.rmtree(self.scratch, ignore_errors=True)
         _live.discard(self)
 
@@ -246,6 +241,7 @@ def _clean_stale_scratch() -> None:
             parts = name.split("-")
             ours = len(parts) == 4 and name.startswith("rlm-repl-") and parts[2].isdigit()
             if ours and not pid_alive(int(parts[2])):
+                bwrap.unmount_scratch(os.path.join(root, name))
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
@@ -279,11 +275,33 @@ def spawn(config: SpawnConfig) -> WorkerProcess:
         str(from_w),
     ]
     env_extra = dict(config.env)
+    mounted = False
+    seccomp_fd: int | None = None
     if config.isolation == "bwrap":
-        cmd = bwrap_command(scratch, RLM_DIR, argv, config.hide)
-        env = worker_env(SANDBOX_SCRATCH, env_extra)
+        from rlm.repl.seccomp import SeccompUnavailable, program_fd
+
+        try:
+            seccomp_fd = program_fd()
+        except SeccompUnavailable as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            for fd in (to_r, to_w, from_r, from_w, out_r, out_w, err_r, err_w, code_r, code_w):
+                os.close(fd)
+            bwrap.record(False, str(exc))
+            raise BwrapFailed(str(exc)) from None
+        mounted = bwrap.mount_scratch(scratch, config.scratch_bytes, config.scratch_inodes)
+        cmd = bwrap.command(
+            scratch,
+            RLM_DIR,
+            argv,
+            seccomp_fd=seccomp_fd,
+            scratch_bytes=config.scratch_bytes,
+            scratch_mounted=mounted,
+            hide=config.hide,
+        )
+        env = worker_env(bwrap.SANDBOX_SCRATCH, env_extra)
         cwd = "/"
     else:
+        _drop_dumpable()
         cmd = argv
         env = worker_env(scratch, env_extra)
         cwd = scratch
@@ -307,7 +325,7 @@ def spawn(config: SpawnConfig) -> WorkerProcess:
             stdin=code_r,
             stdout=out_w,
             stderr=err_w,
-            pass_fds=(to_r, from_w),
+            pass_fds=(to_r, from_w) if seccomp_fd is None else (to_r, from_w, seccomp_fd),
             env=env,
             cwd=cwd,
             start_new_session=True,
@@ -318,8 +336,13 @@ def spawn(config: SpawnConfig) -> WorkerProcess:
                 os.close(fd)
         if tree is not None and group is not None:
             tree.remove(group)
+        if mounted:
+            bwrap.unmount_scratch(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     for fd in (to_r, from_w, out_w, err_w, code_r):
         os.close(fd)
     # The worker's code on its stdin, then end of file (what the model's code reads too).
@@ -338,11 +361,12 @@ def spawn(config: SpawnConfig) -> WorkerProcess:
         stdout=out_r,
         stderr=err_r,
         scratch=scratch,
+        scratch_mounted=mounted,
         cgroup=group,
         tree=tree,
     )
     _live.add(process)
-    if config.isolation == "bwrap" and bwrap_status()[0] is None:
+    if config.isolation == "bwrap" and bwrap.status()[0] is None:
         _verify_first_sandbox(process)
     return process
 
@@ -367,7 +391,7 @@ def _verify_first_sandbox(process: WorkerProcess) -> None:
             continue
         if data:
             process.preread = data
-            record_bwrap(True)
+            bwrap.record(True)
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.popen.wait(timeout=5)
@@ -378,7 +402,7 @@ def _verify_first_sandbox(process: WorkerProcess) -> None:
         problem = said[-300:] or f"exit status {process.popen.returncode}"
         break
     process.dispose()
-    record_bwrap(False, problem)
+    bwrap.record(False, problem)
     raise BwrapFailed(problem)
 
 
@@ -523,33 +547,59 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 # -- isolation --------------------------------------------------------------------------------
 
-_warned = False
-_warn_lock = threading.Lock()
+#: The environment variable that accepts a plain subprocess where isolation is "auto".
+SANDBOX_ENV = "RLM_SANDBOX"
+
+
+def refusal(problem: str) -> str:
+    """Why the default REPL will not start, and the three ways on, in one line."""
+    return (
+        f"the sandbox for model-written code cannot be built here: {problem}. Ways on: "
+        "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and allow user "
+        "namespaces; or, inside a container you trust, accept a plain subprocess with "
+        f"SubprocessRepl(isolation='none') or {SANDBOX_ENV}=none; or run trusted code in "
+        "this process with repl='inprocess' (see docs/sandbox.md)."
+    )
 
 
 def resolve_isolation(requested: Isolation) -> str:
-    """'bwrap' or 'none'. bwrap is assumed to work until a first worker shows it does not."""
-    global _warned
+    """'bwrap' or 'none'. "auto" means bwrap unless `RLM_SANDBOX=none`; where the sandbox
+    cannot be built there is no silent fallback: `SandboxUnavailableError` says why and
+    what to do. bwrap is assumed to work until a first worker shows it does not."""
+    if requested == "auto":
+        chosen = os.environ.get(SANDBOX_ENV, "").strip().lower()
+        if chosen not in ("", "auto", "bwrap", "none"):
+            raise ConfigurationError(
+                f"{SANDBOX_ENV}={chosen!r}: use 'none' to accept a plain subprocess for the "
+                "REPL, or leave it unset for the bubblewrap sandbox"
+            )
+        if chosen == "none":
+            requested = "none"
     if requested == "none":
         return "none"
-    ok, problem = bwrap_status()
-    if ok is not False:
-        return "bwrap"
-    if requested == "bwrap":
-        raise ReplError(
-            f"SubprocessRepl(isolation='bwrap'): bubblewrap cannot run here ({problem}). "
-            "Install it (Debian/Ubuntu: apt-get install bubblewrap) and allow user "
-            "namespaces, or use isolation='auto' to fall back to a plain subprocess."
-        )
-    with _warn_lock:
-        if not _warned:
-            _warned = True
-            message = (
-                f"rlm: bubblewrap is not available ({problem}); the REPL worker runs as a "
-                "plain subprocess with resource limits but WITHOUT filesystem or network "
-                "isolation. Install the 'bubblewrap' package for the full sandbox "
-                "(see docs/sandbox.md)."
-            )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            logger.warning(message)
-    return "none"
+    ok, problem = bwrap.status()
+    if ok is False:
+        raise SandboxUnavailableError(refusal(problem))
+    return "bwrap"
+
+
+_dumpable_dropped = False
+
+
+def _drop_dumpable() -> None:
+    """Make this (host) process non-dumpable before it starts an unsandboxed worker, so
+    processes of the same user that are not root can no longer read its
+    `/proc/<pid>/environ` or `/proc/<pid>/mem` (nor attach a debugger). Side effect: no
+    core dumps of this process. Root, or code with CAP_SYS_PTRACE, still can."""
+    global _dumpable_dropped
+    if _dumpable_dropped or not sys.platform.startswith("linux"):
+        return
+    _dumpable_dropped = True
+    try:
+        import ctypes
+
+        pr_set_dumpable = 4
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+            logger.info("could not make the host non-dumpable (errno %d)", ctypes.get_errno())
+    except OSError:
+        logger.info("could not make the host non-dumpable", exc_info=True)

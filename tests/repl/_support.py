@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from rlm import ModelRequest
-from rlm.repl import InProcessRepl, Repl, ReplLimits, SubprocessRepl
-from rlm.repl.sandbox import bwrap_works, cgroup_tree
+from rlm.repl import InProcessRepl, Repl, ReplLimits, SubprocessRepl, bwrap
+from rlm.repl.sandbox import cgroup_tree
 
 # Small limits keep the hostile suite fast.
 TEST_LIMITS = ReplLimits(wall_seconds=2.0, grace_seconds=0.5, memory_mb=512, max_processes=64)
 
-BWRAP_OK, BWRAP_PROBLEM = bwrap_works()
+BWRAP_OK, BWRAP_PROBLEM = bwrap.works()
 needs_bwrap = pytest.mark.skipif(
     not BWRAP_OK, reason=f"bubblewrap cannot run here ({BWRAP_PROBLEM}); install 'bubblewrap'"
 )

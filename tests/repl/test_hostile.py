@@ -247,12 +247,13 @@ def test_loopback_socket(isolation: str) -> None:
     try:
         (told,) = run_hostile(
             isolation,
-            "import socket\ns = socket.socket()\ns.settimeout(1)\n"
-            f"try:\n    s.connect(('127.0.0.1', {port}))\n    print('CONNECTED')\n"
+            "import socket\ntry:\n    s = socket.socket()\n    s.settimeout(1)\n"
+            f"    s.connect(('127.0.0.1', {port}))\n    print('CONNECTED')\n"
             "except OSError as e:\n    print('REFUSED', e)",
         )
         if isolation == "bwrap":
-            assert "REFUSED" in told  # its own empty network namespace
+            # No socket but AF_UNIX (seccomp), and an empty network namespace anyway.
+            assert "REFUSED" in told and "Address family not supported" in told
             with pytest.raises(TimeoutError):
                 server.accept()
         else:
@@ -266,12 +267,12 @@ def test_public_address_is_unreachable(isolation: str) -> None:
         pytest.skip("the fallback path shares the host's network (documented); not tried")
     (told,) = run_hostile(
         isolation,
-        "import socket\ns = socket.socket()\ns.settimeout(1)\n"
-        "try:\n    s.connect(('192.0.2.1', 80))\n    print('CONNECTED')\n"
+        "import socket\ntry:\n    s = socket.socket()\n    s.settimeout(1)\n"
+        "    s.connect(('192.0.2.1', 80))\n    print('CONNECTED')\n"
         "except OSError as e:\n    print('FAILED', e)",
     )
     assert "FAILED" in told and "CONNECTED" not in told
-    assert "unreachable" in told.lower()
+    assert "Address family not supported" in told
 
 
 def test_writing_to_etc(isolation: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from _support import ISOLATIONS, TEST_LIMITS, FakeHost, Recorder, code, needs_bwrap
 
 import rlm
-from rlm.errors import ConfigurationError, ReplError
+from rlm.errors import ConfigurationError, ReplError, SandboxUnavailableError
 from rlm.repl import ExecutionResult, ReplLimits, SubprocessRepl
 from rlm.repl.transfer import INLINE_CHARS
 from rlm.testing import ScriptedModel
@@ -290,16 +290,18 @@ def test_bwrap_hides_the_host() -> None:
                 "import os\n"
                 "print(os.getpid())\n"
                 f"print(os.path.exists({project_file!r}))\n"
-                "print(os.listdir('/run'))\n"
-                "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
+                "print(os.path.exists('/run'), os.path.exists('/etc/shadow'))\n"
+                "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+                "print(os.getuid(), os.getgid())"
             ),
         )
     )
-    pid, project_visible, run_listing, capabilities = result.stdout.splitlines()
+    pid, project_visible, run_and_shadow, capabilities, ids = result.stdout.splitlines()
     assert int(pid) < 10  # its own PID namespace
-    assert project_visible == "False"  # the host's working folder is hidden
-    assert run_listing == "[]"
+    assert project_visible == "False"  # the host's working folder is not there
+    assert run_and_shadow == "False False"  # only the runtime is: no /run, no /etc/shadow
     assert capabilities == "0000000000000000"
+    assert ids == "65534 65534"  # an unprivileged user in its own namespace
 
 
 async def _run_once(isolation: str, block: str) -> ExecutionResult:
@@ -333,59 +335,72 @@ def test_default_repl_is_the_subprocess() -> None:
     assert f"pid {os.getpid()}\n" not in check.message and "pid " in check.message
 
 
-def test_fallback_warns_once_when_bwrap_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlm.repl import sandbox, workers
+WAYS_ON = ("apt-get install bubblewrap", "isolation='none'", "RLM_SANDBOX=none", "repl='inprocess'")
 
-    monkeypatch.setattr(sandbox, "_bwrap_ok", False)
-    monkeypatch.setattr(sandbox, "_bwrap_problem", "bwrap is not installed")
-    monkeypatch.setattr(workers, "_warned", False)
 
-    async def start_twice() -> list[str | None]:
-        found = []
-        for _ in range(2):
-            repl = SubprocessRepl(limits=TEST_LIMITS)
-            await repl.start("c", FakeHost())
-            found.append(repl.isolation)
-            await repl.close()
-        return found
+def test_the_default_repl_refuses_to_start_without_the_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlm.repl import bwrap
 
+    monkeypatch.setattr(bwrap, "_ok", False)
+    monkeypatch.setattr(bwrap, "_problem", "bubblewrap (bwrap) is not installed")
+    monkeypatch.delenv("RLM_SANDBOX", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert asyncio.run(start_twice()) == ["none", "none"]
-    reduced = [w for w in caught if "WITHOUT filesystem or network isolation" in str(w.message)]
-    assert len(reduced) == 1
-
-    with pytest.raises(ReplError, match="bubblewrap cannot run here"):
+        with pytest.raises(SandboxUnavailableError) as refused:
+            rlm.run("q", "c", model=ScriptedModel([]))
+    message = str(refused.value)
+    assert "bubblewrap (bwrap) is not installed" in message
+    assert all(way in message for way in WAYS_ON), message
+    assert "\n" not in message and not caught  # one line, and no warning beside it
+    with pytest.raises(SandboxUnavailableError):
         asyncio.run(SubprocessRepl(isolation="bwrap").start("c", FakeHost()))
 
 
-def test_falls_back_when_the_first_sandbox_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlm.repl import sandbox, workers
+def test_rlm_sandbox_none_accepts_a_plain_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlm.repl import bwrap
+
+    monkeypatch.setattr(bwrap, "_ok", False)
+    monkeypatch.setattr(bwrap, "_problem", "bubblewrap (bwrap) is not installed")
+    monkeypatch.setenv("RLM_SANDBOX", "none")
+
+    async def start() -> tuple[str | None, str]:
+        repl = SubprocessRepl(limits=TEST_LIMITS)
+        await repl.start("c", FakeHost())
+        try:
+            return repl.isolation, (await repl.execute("print('works')")).stdout
+        finally:
+            await repl.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(start()) == ("none", "works\n")
+    assert not caught
+    monkeypatch.setenv("RLM_SANDBOX", "off")
+    with pytest.raises(ConfigurationError, match="RLM_SANDBOX"):
+        asyncio.run(SubprocessRepl().start("c", FakeHost()))
+
+
+def test_refuses_when_the_first_sandbox_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlm.repl import bwrap, workers
 
     def refused(*args: object, **kwargs: object) -> list[str]:
         why = "bwrap: No permissions to create new namespace"
         return ["/bin/sh", "-c", f"echo '{why}' >&2; exit 1"]
 
     workers.pool.drain()  # spares from earlier tests would skip the first-start check
-    monkeypatch.setattr(sandbox, "_bwrap_ok", None)
-    monkeypatch.setattr(sandbox, "_bwrap_problem", "")
-    monkeypatch.setattr(sandbox, "bwrap_path", lambda: "/usr/bin/bwrap")
-    monkeypatch.setattr(workers, "bwrap_command", refused)
-    monkeypatch.setattr(workers, "_warned", False)
+    monkeypatch.setattr(bwrap, "_ok", None)
+    monkeypatch.setattr(bwrap, "_problem", "")
+    monkeypatch.setattr(bwrap, "bwrap_path", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr(bwrap, "command", refused)
+    monkeypatch.delenv("RLM_SANDBOX", raising=False)
 
-    async def run() -> tuple[str | None, str]:
-        repl = SubprocessRepl(limits=TEST_LIMITS, prestart=False)
-        await repl.start("c", FakeHost())
-        try:
-            result = await repl.execute("print('works')")
-        finally:
-            await repl.close()
-        return repl.isolation, result.stdout
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert asyncio.run(run()) == ("none", "works\n")
-    assert any("No permissions to create new namespace" in str(w.message) for w in caught)
+    with pytest.raises(SandboxUnavailableError) as refused_error:
+        asyncio.run(SubprocessRepl(limits=TEST_LIMITS, prestart=False).start("c", FakeHost()))
+    message = str(refused_error.value)
+    assert "No permissions to create new namespace" in message
+    assert all(way in message for way in WAYS_ON)
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
