@@ -11,3 +11,12 @@ from hypothesis import settings
 settings.register_profile("ci", settings.get_profile("ci"), deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# The default REPL refuses to start where its sandbox cannot be built. Tests that need
+# the sandbox are marked `needs_bwrap` and skipped there; everything else that runs the
+# default REPL accepts the plain subprocess, chosen here explicitly.
+if os.environ.get("RLM_SANDBOX") is None:
+    from rlm.repl import bwrap
+
+    if not bwrap.works()[0]:
+        os.environ["RLM_SANDBOX"] = "none"

@@ -684,8 +684,8 @@ class SubprocessRepl:
             raise ReplError(
                 f"the {name} ({type(context).__name__}) cannot be sent to the REPL worker: "
                 f"{type(failure).__name__}: {failure}. Pass built-in types (str, bytes, list, "
-                "dict, ...) or classes importable from an installed package, or use "
-                "repl='inprocess'."
+                "dict, ...), classes defined in your script, or classes importable from an "
+                "installed package; or use repl='inprocess'."
             ) from failure
         if reply["op"] == "loaded":
             replenish = name == "context" and self._replenish == "after_load"
@@ -694,8 +694,9 @@ class SubprocessRepl:
             return
         raise ReplError(
             f"the REPL worker could not load the {name}: {reply['error']}. Pass "
-            "built-in types (str, bytes, list, dict, ...) or classes importable from an "
-            "installed package, or use repl='inprocess'."
+            "built-in types (str, bytes, list, dict, ...), classes defined in your script, or "
+            "classes importable from an installed package (the sandbox shows site-packages, "
+            "not your project folder); or use repl='inprocess'."
         )
 
     async def _ready(self) -> _Connection:

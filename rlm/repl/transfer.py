@@ -11,6 +11,11 @@ size) that `rlm.repl.worker` reads straight into the final object:
 - a `list`, `tuple` or `dict` goes in batches of `BATCH_ITEMS` (marshal for built-in
   types, else pickle), each its own chunk, so neither side holds more than a batch extra;
 - anything else is pickled straight into the pipe.
+
+Pickling is host to worker only (the host never unpickles what a worker sends). Classes
+and functions defined in `__main__` (a script, a notebook) cannot be imported by the
+worker, so they travel by value with `cloudpickle`: always for a single object, and for
+a batch whose plain pickle names `__main__` (plain pickle stays the fast path).
 """
 
 from __future__ import annotations
@@ -189,7 +194,14 @@ def _write_batch(batch: list[Any] | dict[Any, Any], out: ChunkWriter) -> None:
     except ValueError:
         import pickle
 
-        data = b"P" + pickle.dumps(batch, protocol=5)
+        try:
+            data = b"P" + pickle.dumps(batch, protocol=5)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            data = b""  # a lambda or a local class: cloudpickle sends it by value
+        if not data or b"__main__" in data:
+            import cloudpickle
+
+            data = b"P" + cloudpickle.dumps(batch, protocol=5)
     out.write_chunk(data)
 
 
@@ -203,7 +215,7 @@ def context_plan(context: object) -> Plan:
     A large str goes as CPython's own characters (1, 2 or 4 bytes each), read by the
     worker straight into its new string; a list, tuple or dict goes in batches (marshal,
     or pickle for other types), so neither side ever holds a second full copy; anything
-    else is pickled straight into the pipe.
+    else is pickled straight into the pipe (`cloudpickle`, so `__main__` classes work).
     """
     if isinstance(context, str):
         if len(context) <= INLINE_CHARS:
@@ -234,8 +246,8 @@ def context_plan(context: object) -> Plan:
         return spec, batches
 
     def pickled(out: ChunkWriter) -> None:
-        import pickle
+        import cloudpickle
 
-        pickle.dump(context, out, protocol=5)
+        cloudpickle.dump(context, out, protocol=5)
 
     return {"how": "pickle"}, pickled

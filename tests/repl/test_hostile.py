@@ -90,7 +90,8 @@ async def _never_answers(request: ModelRequest) -> str:
 def test_forged_frames_are_bounded_in_total(isolation: str) -> None:
     # Six forged 20 MB sub-calls that the host must serve at once: past host_buffer_mb
     # (64 MB here, a total over frames in flight) the worker is killed.
-    limits = replace(TEST_LIMITS, host_buffer_mb=64)
+    # A long time limit: on a loaded machine the host may take seconds to read 60 MB.
+    limits = replace(TEST_LIMITS, host_buffer_mb=64, wall_seconds=30)
     events: list[Event] = []
     sub = FunctionModel(_never_answers)
     frames = f"[{_call(1, 20 << 20)}] * 6"
@@ -120,7 +121,7 @@ def test_forged_frames_are_bounded_in_total(isolation: str) -> None:
     ids=["huge-header", "deep-json-recursion", "deep-json", "long-answer", "many-calls"],
 )
 def test_each_bound_of_the_host_kills_the_worker(isolation: str, frames: str, limit: str) -> None:
-    limits = replace(TEST_LIMITS, answer_chars=1000, max_pending_calls=8)
+    limits = replace(TEST_LIMITS, answer_chars=1000, max_pending_calls=8, wall_seconds=30)
     block = forge(frames)
     if limit == "frame_bytes":
         # Only a header announcing 300 MB: the host refuses before reading any body.
@@ -384,3 +385,206 @@ def test_the_host_is_untouched(isolation: str) -> None:
     (told,) = run_hostile(isolation, "print(sum(range(10)))")
     assert "45" in told
     assert sys.getrecursionlimit() < 10**6
+
+
+# -- the cases of issue 13: least privilege inside, hard caps, honest fallback ---------------
+
+
+def test_kernel_settings_cannot_be_changed(isolation: str) -> None:
+    if isolation != "bwrap":
+        pytest.skip("the fallback path runs as the host's user: as root it could (documented)")
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    block = (
+        "import os\nx = 1\n"
+        "for path in ('/proc/sys/vm/swappiness', '/proc/sys/kernel/core_pattern'):\n"
+        "    try:\n        value = open(path).read()\n"
+        "        with open(path, 'w') as f:\n            f.write(value)\n"
+        "        print('WROTE', path)\n"
+        "    except OSError as e:\n        print('DENIED', path, e.strerror)\n"
+        "print('uid', os.getuid(), 'caps', open('/proc/self/status').read()"
+        ".split('CapEff:')[1].split()[0])"
+    )
+    told, after = run_hostile(isolation, block, "print(x)")
+    assert "WROTE" not in told and told.count("DENIED") == 2
+    assert "Read-only file system" in told
+    assert "uid 65534 caps 0000000000000000" in told
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    assert "1" in after  # the worker lived on, variables kept
+
+
+def test_system_secrets_and_checkouts_are_not_there(isolation: str) -> None:
+    checkout = os.path.join(os.getcwd(), ".git", "HEAD")
+    targets = ["/etc/shadow", "/etc/gshadow", checkout, os.path.join(os.getcwd(), "pyproject.toml")]
+    block = (
+        f"for path in {targets!r}:\n    try:\n        data = open(path, 'rb').read()\n"
+        "        print('READ', path, len(data) > 0)\n"
+        "    except OSError as e:\n        print('DENIED', path, type(e).__name__)"
+    )
+    (told,) = run_hostile(isolation, block)
+    for path in targets:
+        readable_here = os.access(path, os.R_OK)
+        if isolation == "bwrap":
+            assert f"DENIED {path} FileNotFoundError" in told  # not in the sandbox at all
+        else:
+            # Documented: the fallback reads what the host's user can.
+            assert (f"READ {path}" in told) == readable_here, told
+    assert "root:" not in told  # no secret content ever reaches the model's output here
+
+
+def test_scratch_has_a_size_and_an_inode_quota(isolation: str, tmp_path: Path) -> None:
+    if isolation != "bwrap":
+        pytest.skip("the fallback path's scratch is a host folder without a quota (documented)")
+    from rlm.repl import bwrap
+
+    limits = replace(TEST_LIMITS, scratch_mb=32, scratch_inodes=2000)
+    block = (
+        "import os\nx = 1\nblock = b'x' * (1 << 20)\nwritten = 0\n"
+        "try:\n    with open('/tmp/big', 'wb') as f:\n        for _ in range(1024):\n"
+        "            f.write(block)\n            f.flush()\n            written += 1\n"
+        "except OSError as e:\n    print('SIZE STOP', written, e.strerror)\n"
+        "os.remove('/tmp/big')\nmade = 0\n"
+        "try:\n    for i in range(100_000):\n        open(f'/tmp/f{i}', 'w').close()\n"
+        "        made += 1\nexcept OSError as e:\n    print('INODE STOP', made, e.strerror)\n"
+        "try:\n    open('/dev/shm/x', 'wb').write(b'x' * (200 << 20))\n    print('SHM WROTE')\n"
+        "except OSError as e:\n    print('SHM STOP', e.strerror)\n"
+        "for path in ('/x', '/usr/x', '/dev/x'):\n    try:\n        open(path, 'w')\n"
+        "        print('WROTE', path)\n    except OSError as e:\n        print('DENIED', path)"
+    )
+    told, after = run_hostile(isolation, block, "print(x)", limits=limits)
+    assert "SIZE STOP" in told and "No space left on device" in told
+    assert int(told.split("SIZE STOP ")[1].split()[0]) <= 32
+    if bwrap.mount_scratch.__module__ and os.geteuid() == 0:
+        assert "INODE STOP" in told and int(told.split("INODE STOP ")[1].split()[0]) < 2000
+    assert "SHM WROTE" not in told and "WROTE" not in told
+    assert told.count("DENIED") == 3
+    assert "1" in after
+
+
+def test_the_host_environment_and_memory_through_proc(
+    isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = "sk-test-FAKE-proc-environ-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", fake)
+    host = os.getpid()
+    marker = fake.encode()
+    block = (
+        "import os\n"
+        f"for name in ('environ', 'mem'):\n    path = f'/proc/{host}/{{name}}'\n"
+        "    try:\n        f = open(path, 'rb')\n"
+        "        data = f.read(1 << 16) if name == 'environ' else b''\n"
+        f"        print('OPENED', name, {marker!r} in data)\n"
+        "    except OSError as e:\n        print('DENIED', name, type(e).__name__)"
+    )
+    (told,) = run_hostile(isolation, block)
+    if isolation == "bwrap":
+        # Its own PID namespace: the host's /proc entry does not exist in there.
+        assert "DENIED environ" in told and "DENIED mem" in told
+    elif os.geteuid() == 0:
+        # Documented: as root, the plain subprocess can open the host's environment
+        # (the key set here is not in it: /proc shows the environment the host started
+        # with, where a key given on the command line would be).
+        assert "OPENED environ" in told
+    else:
+        # The host dropped its dumpability before starting the worker.
+        assert "DENIED environ PermissionError" in told and "DENIED mem" in told
+    assert fake not in told
+
+
+NON_ROOT_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from _support import TEST_LIMITS
+import rlm
+from rlm.repl import SubprocessRepl
+from rlm.testing import ScriptedModel
+
+host = os.getpid()
+block = (
+    "import os, sys, socket\n"
+    "def t(f):\n    try:\n        f()\n        return 'OPEN'\n"
+    "    except OSError as e:\n        return 'DENIED'\n"
+    f"print('environ', t(lambda: open('/proc/{host}/environ').read()))\n"
+    f"print('mem', t(lambda: open('/proc/{host}/mem', 'rb').read(1)))\n"
+    "print('shadow', t(lambda: open('/etc/shadow').read()))\n"
+    "print('swappiness', t(lambda: open('/proc/sys/vm/swappiness', 'w')))\n"
+    "print('inet', t(lambda: socket.socket()))\n"
+    "if os.environ['HOME'] == '/tmp':\n"
+    "    print('disk', t(lambda: open('/tmp/big', 'wb').write(b'x' * (200 << 20))))\n"
+    "print('root', t(lambda: open('/planted', 'w')))\n"
+)
+forged = "import os, sys\nos.write(int(sys.argv[3]), (300 << 20).to_bytes(4, 'big'))"
+seen = []
+def forge(request):
+    seen.append(request.messages[-1].content)
+    return f"```repl\n{forged}\n```"
+def last(request):
+    seen.append(request.messages[-1].content)
+    return "FINAL(alive)"
+model = ScriptedModel([f"```repl\n{block}\n```", forge, last])
+repl = SubprocessRepl.factory(limits=TEST_LIMITS, isolation=sys.argv[2])
+print(rlm.run("q", "c", model=model, repl=repl).answer)
+print("\n".join(seen))
+"""
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _python_for_nobody() -> tuple[list[str], dict[str, str]] | str:
+    """An interpreter uid 65534 can run (this one, or the system's of the same version,
+    given this one's packages), with its environment; or why there is none."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return "the suite is not running as root, so it already is the unprivileged case"
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed"
+    import rlm as package
+
+    paths = [os.path.dirname(os.path.dirname(package.__file__))]
+    paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    # The worker is a new process: the interpreter must be reachable by its path (one
+    # under a folder private to root can be started by setpriv, yet not run again).
+    check = "import rlm, subprocess, sys\nsubprocess.run([sys.executable, '-c', ''], check=True)"
+    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if not os.path.exists(python):
+            continue
+        probe = subprocess.run(
+            [*AS_NOBODY, python, "-c", check], capture_output=True, timeout=60, env=env, cwd="/"
+        )
+        if probe.returncode == 0:
+            return [*AS_NOBODY, python], env
+    return (
+        f"uid 65534 cannot run this interpreter ({sys.executable}), nor a system {version}, "
+        "with rlm importable: their folders are private to root on this machine"
+    )
+
+
+def test_issue_cases_as_an_unprivileged_user(isolation: str) -> None:
+    import subprocess
+
+    found = _python_for_nobody()
+    if isinstance(found, str):
+        pytest.skip(found)
+    python, env = found
+    fake = "sk-test-FAKE-nobody-0123456789"
+    done = subprocess.run(
+        [*python, "-c", NON_ROOT_SCRIPT, str(Path(__file__).parent), isolation],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={**env, "OPENAI_API_KEY": fake},  # in the host's /proc/<pid>/environ
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("alive")
+    # Its own PID namespace, or (plain subprocess) the host made itself non-dumpable.
+    assert "environ DENIED" in done.stdout and "mem DENIED" in done.stdout
+    assert "shadow DENIED" in done.stdout and "swappiness DENIED" in done.stdout
+    assert "root DENIED" in done.stdout and not os.path.exists("/planted")
+    if isolation == "bwrap":
+        assert "inet DENIED" in done.stdout and "disk DENIED" in done.stdout
+    assert KILLED in done.stdout and fake not in done.stdout

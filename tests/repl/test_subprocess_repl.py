@@ -522,3 +522,46 @@ def test_runs_faster_than_worker_start_up_get_a_second_spare(
         return idle_counts
 
     assert asyncio.run(scenario()) == [1, 2, 2]
+
+
+MAIN_CLASSES_SCRIPT = '''
+import sys
+from dataclasses import dataclass
+
+import rlm
+from rlm.repl import SubprocessRepl
+from rlm.testing import ScriptedModel
+
+
+@dataclass
+class Employee:
+    name: str
+    salary: int
+
+    def doubled(self) -> int:
+        return self.salary * 2
+
+
+single = Employee("a", 3)
+many = [Employee(f"e{i}", i) for i in range(5000)]  # more than one batch
+for context, block in (
+    (single, "FINAL(context.doubled())"),
+    (many, "FINAL(sum(e.salary for e in context) + context[1].doubled())"),
+):
+    model = ScriptedModel([f"```repl\\n{block}\\n```"])
+    repl = SubprocessRepl.factory(isolation=sys.argv[1])
+    print(rlm.run("q", context, model=model, repl=repl).answer)
+'''
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_classes_defined_in_main_reach_the_worker(isolation: str, tmp_path: Path) -> None:
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_CLASSES_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), isolation], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["6", str(sum(range(5000)) + 2)]
