@@ -91,7 +91,7 @@ _program: bytes | None = None
 
 def _build() -> bytes:
     try:
-        import pyseccomp as sc  # type: ignore[import-untyped]
+        import pyseccomp as sc
     except (ImportError, OSError) as exc:  # the binding, or libseccomp.so.2 itself
         raise SeccompUnavailable(f"libseccomp cannot be loaded ({exc})") from None
     try:
