@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ from rlm.repl.transfer import (
     ChunkWriter,
     TransferCancelled,
     context_plan,
+    function_in,
 )
 from rlm.repl.workers import BwrapFailed, SpawnConfig, WorkerProcess
 
@@ -673,7 +674,7 @@ class SubprocessRepl:
                 ) from None
             reply = {"op": "load_failed"}
         if reply["op"] != "loaded" or failure is not None:
-            where = _function_in(context)
+            where = function_in(context)
             if where is not None:
                 raise ReplError(
                     f"the context holds a function ({where}), and functions cannot be sent "
@@ -944,31 +945,6 @@ def _large(context: object) -> bool:
     if isinstance(context, str | bytes | bytearray):
         return len(context) > INLINE_CHARS
     return isinstance(context, list | tuple | dict) and len(context) > BATCH_ITEMS
-
-
-def _function_in(value: object, path: str = "context", depth: int = 4) -> str | None:
-    """Where a function or method sits in the context (a few levels down), or None.
-
-    Asked only after loading failed, to say why in terms the caller can act on.
-    """
-    import types
-
-    if isinstance(value, types.FunctionType | types.BuiltinFunctionType | types.MethodType):
-        return path
-    if depth == 0:
-        return None
-    items: Iterable[tuple[str, object]]
-    if isinstance(value, dict):
-        items = ((f"{path}[{k!r}]", v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    for where, item in itertools.islice(items, 10_000):
-        found = _function_in(item, where, depth - 1)
-        if found is not None:
-            return found
-    return None
 
 
 def _merge(text: str, chars: int, extra: OutputBuffer) -> tuple[str, int]:

@@ -15,7 +15,8 @@ size) that `rlm.repl.worker` reads straight into the final object:
 Pickling is host to worker only (the host never unpickles what a worker sends). Classes
 and functions defined in `__main__` (a script, a notebook) cannot be imported by the
 worker, so they travel by value with `cloudpickle`: always for a single object, and for
-a batch whose plain pickle names `__main__` (plain pickle stays the fast path).
+a batch whose plain pickle names `__main__` (plain pickle stays the fast path). Functions
+are refused: one the caller wants the model to call belongs on the host, as a tool.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import select
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,12 +198,41 @@ def _write_batch(batch: list[Any] | dict[Any, Any], out: ChunkWriter) -> None:
         try:
             data = b"P" + pickle.dumps(batch, protocol=5)
         except (pickle.PicklingError, AttributeError, TypeError):
-            data = b""  # a lambda or a local class: cloudpickle sends it by value
+            data = b""  # a local class: cloudpickle sends it by value
         if not data or b"__main__" in data:
             import cloudpickle
 
+            _refuse_functions(batch)
             data = b"P" + cloudpickle.dumps(batch, protocol=5)
     out.write_chunk(data)
+
+
+def function_in(value: object, path: str = "context", depth: int = 4) -> str | None:
+    """Where a function or method sits in the context (a few levels down), or None."""
+    import types
+
+    if isinstance(value, types.FunctionType | types.BuiltinFunctionType | types.MethodType):
+        return path
+    if depth == 0:
+        return None
+    items: Iterable[tuple[str, object]]
+    if isinstance(value, dict):
+        items = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in itertools.islice(items, 10_000):
+        found = function_in(item, where, depth - 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _refuse_functions(value: object) -> None:
+    where = function_in(value)
+    if where is not None:
+        raise TypeError(f"{where} is a function")
 
 
 Plan = tuple[dict[str, Any], Callable[[ChunkWriter], None] | None]
@@ -248,6 +278,7 @@ def context_plan(context: object) -> Plan:
     def pickled(out: ChunkWriter) -> None:
         import cloudpickle
 
+        _refuse_functions(context)
         cloudpickle.dump(context, out, protocol=5)
 
     return {"how": "pickle"}, pickled

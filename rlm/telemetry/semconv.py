@@ -187,6 +187,7 @@ LOG_EVENT_NAMES: Final[dict[str, str]] = {
     "model_retry": "rlm.model_call.retry",
     "code_started": "rlm.code.started",
     "code_executed": "rlm.code.executed",
+    "repl_violation": "rlm.repl.violation",
     "subcall_started": "rlm.subcall.started",
     "subcall_finished": "rlm.subcall.finished",
     "tool_call_started": "rlm.tool_call.started",

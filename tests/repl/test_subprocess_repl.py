@@ -106,13 +106,20 @@ async def test_context_is_reloaded_after_a_crash(isolation: str) -> None:
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_a_context_the_worker_cannot_receive_fails_the_run_clearly(isolation: str) -> None:
-    class Local:  # not importable, so it cannot be pickled
-        pass
+    import threading
 
-    model = ScriptedModel([code("print(context)"), "FINAL(x)"])
+    class Local:  # not importable: cloudpickle sends the class by value
+        def __repr__(self) -> str:
+            return "a Local"
+
+    check = Recorder("FINAL(x)")
+    model = ScriptedModel([code("print(context)"), check])
     factory = SubprocessRepl.factory(limits=TEST_LIMITS, isolation=isolation)  # type: ignore[arg-type]
-    with pytest.raises(ReplError, match="cannot be sent to the REPL worker"):
-        rlm.run("q", Local(), model=model, repl=factory)
+    assert rlm.run("q", [Local()], model=model, repl=factory).answer == "x"
+    assert "[a Local]" in check.message
+    model = ScriptedModel([code("print(context)"), "FINAL(x)"])
+    with pytest.raises(ReplError, match="cannot be sent to the REPL worker.*_thread.lock"):
+        rlm.run("q", {"lock": threading.Lock()}, model=model, repl=factory)
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

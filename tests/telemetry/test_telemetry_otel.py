@@ -402,3 +402,27 @@ def test_a_sessions_turns_share_a_conversation_id(spans):
     assert len(runs) == 2 and len(chats) == 2
     for span in [*runs, *chats]:
         assert (span.attributes or {})[sc.GEN_AI_CONVERSATION_ID] == chat.session_id
+
+
+def test_a_worker_past_a_host_bound_is_an_event_on_its_code_span(spans):
+    import structlog
+
+    from rlm.repl import SubprocessRepl
+    from rlm.telemetry import StructlogSubscriber
+
+    forged = "import os, sys\nos.write(int(sys.argv[3]), (300 << 20).to_bytes(4, 'big'))"
+    root = ScriptedModel([f"```repl\n{forged}\n```", "FINAL(went on)"])
+    with structlog.testing.capture_logs() as logged:
+        result = rlm.run(
+            "q",
+            "c",
+            model=root,
+            repl=SubprocessRepl.factory(isolation="none"),
+            on_event=[OTelSubscriber(spans.provider), StructlogSubscriber()],
+        )
+    assert result.answer == "went on"
+    (code_span,) = spans.named("execute_tool")
+    (event,) = [e for e in code_span.events if e.name == sc.EVENT_REPL_VIOLATION]
+    assert event.attributes[sc.RLM_REPL_LIMIT] == "frame_bytes"
+    (line,) = [entry for entry in logged if entry["event"] == "rlm.repl.violation"]
+    assert line["limit"] == "frame_bytes" and line["log_level"] == "warning"
