@@ -118,7 +118,7 @@ def test_a_context_the_worker_cannot_receive_fails_the_run_clearly(isolation: st
     assert rlm.run("q", [Local()], model=model, repl=factory).answer == "x"
     assert "[a Local]" in check.message
     model = ScriptedModel([code("print(context)"), "FINAL(x)"])
-    with pytest.raises(ReplError, match="cannot be sent to the REPL worker.*_thread.lock"):
+    with pytest.raises(ReplError, match=r"cannot be sent to the REPL worker.*_thread\.lock"):
         rlm.run("q", {"lock": threading.Lock()}, model=model, repl=factory)
 
 
