@@ -1,9 +1,12 @@
 """Driver for this library, `rlm`, run with the project's own environment.
 
 `params` may set `repl` ("subprocess", the default, or "inprocess") and
-`max_concurrency` (default 16). One `OpenAIModel` and one `RLM` serve every run, as the
-API intends (a model keeps one SDK client per event loop, and each `RLM.run()` has its
-own loop, so what a run's client costs to build is part of the run).
+`max_concurrency` (default 16). With `fresh`, nothing is built before the first run
+(only imported): the timed first run builds the model (its SDK client and TLS context)
+and the engine (its sandbox worker) as a new process would. Otherwise one `OpenAIModel`
+and one `RLM` serve every run, as the API intends (a model keeps one SDK client per
+event loop, and each `RLM.run()` has its own loop, so what a run's client costs to
+build is part of the run).
 
 `RLM_BENCH_PROFILE=/path/prof.txt` profiles each run after the first with pyinstrument.
 """
@@ -20,18 +23,26 @@ def setup(args: Args) -> PrepareFn:
     import rlm
     from rlm.providers.openai import OpenAIModel
 
-    started = time.perf_counter()
-    model = OpenAIModel(args.model, base_url=args.base_url, api_key="bench")
-    engine = rlm.RLM(
-        model,
-        max_iterations=30,
-        max_concurrency=int(args.params.get("max_concurrency", 16)),
-        repl=args.params.get("repl", "subprocess"),
-    )
-    REPORT["construct_s"] = time.perf_counter() - started
+    def build() -> rlm.RLM:
+        model = OpenAIModel(args.model, base_url=args.base_url, api_key="bench")
+        return rlm.RLM(
+            model,
+            max_iterations=30,
+            max_concurrency=int(args.params.get("max_concurrency", 16)),
+            repl=args.params.get("repl", "subprocess"),
+        )
+
+    engine: rlm.RLM | None = None
+    if not args.params.get("fresh"):
+        started = time.perf_counter()
+        engine = build()
+        REPORT["construct_s"] = time.perf_counter() - started
     runs = 0
 
     def run(query: str, context: str) -> str:
+        nonlocal engine
+        if engine is None:
+            engine = build()
         result = engine.run(query, context)
         if result.answer is None:
             raise RuntimeError(f"no answer: {result.stop_reason} {result.error}")

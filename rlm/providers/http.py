@@ -6,8 +6,9 @@ than httpx2's default pool once many connections are open, which is what a fan-o
 sub-calls does. rlm builds one per event loop (`_common.PerLoop`) with three changes:
 
 - **One TLS context per process.** Each client would otherwise load the CA bundle
-  again (about 50 ms); `ssl_context()` is built once, as httpx2 builds its default
-  (system trust store, `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured).
+  again (about 50 ms); `ssl_context()` is built once, verifying as httpx2's default
+  does (system trust store, `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured), and loads
+  the trust store only when a TLS connection first needs it.
 - **Idle connections kept 4 s**, under the 5 s after which uvicorn (vLLM, many
   OpenAI-compatible servers) closes them, so a request is rarely sent on a socket the
   server is closing.
@@ -33,11 +34,19 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import ssl
+import sys
+import threading
 from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Both are imported by the SDKs' aiohttp transport when a client is first built
+# (httpcore2 by httpx2.create_ssl_context); importing them with this module keeps that
+# out of building a model.
+import aiohttp
+import httpcore2  # noqa: F401
 import httpx2
 
 #: Seconds an idle connection is kept (see the module docstring).
@@ -50,8 +59,47 @@ LIMITS = httpx2.Limits(
 
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
-    """The verified TLS context shared by every client rlm builds in this process."""
-    return httpx2.create_ssl_context()
+    """The verified TLS context shared by every client rlm builds in this process.
+
+    On Linux its trust store is loaded at its first TLS handshake, so a process that
+    only talks to plain-HTTP servers (a local model) never pays for it. Elsewhere
+    httpx2 builds it (its trust store comes from the OS there).
+    """
+    if sys.platform in ("win32", "darwin"):
+        return httpx2.create_ssl_context()
+    return _LazyTrust(ssl.PROTOCOL_TLS_CLIENT)
+
+
+class _LazyTrust(ssl.SSLContext):
+    """A verifying client context (hostname checked, certificate required) that loads
+    the trust store as httpx2 does on Linux (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else
+    OpenSSL's default locations) when it first wraps a connection."""
+
+    _lock = threading.Lock()
+    _loaded = False
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+            if cafile:
+                self.load_verify_locations(cafile=cafile)
+            elif capath:
+                self.load_verify_locations(capath=capath)
+            else:
+                self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            self._loaded = True
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        if not self._loaded:
+            self._load()
+        return super().wrap_bio(*args, **kwargs)
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if not self._loaded:
+            self._load()
+        return super().wrap_socket(*args, **kwargs)
 
 
 def http_client(sdk_client: type[httpx2.AsyncClient], timeout: float) -> httpx2.AsyncClient:
@@ -140,8 +188,6 @@ def timed_out(exc: BaseException) -> bool:
 def _connection_error(
     exc: httpx2.TimeoutException, request: httpx2.Request
 ) -> httpx2.TransportError:
-    import aiohttp  # loaded already: the SDK's transport imports it
-
     if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
         return httpx2.ConnectError(str(exc), request=request)
     return httpx2.ReadError(str(exc), request=request)

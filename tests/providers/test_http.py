@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpcore2
 import httpx2
 import pytest
 
@@ -122,25 +121,33 @@ async def test_a_silent_server_is_still_a_timeout(provider: str, server: FakeLLM
         await model.complete(REQUEST)
 
 
-@pytest.mark.usefixtures("fresh_tls_context")
-def test_every_client_shares_one_tls_context(
-    monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer
-) -> None:
+@pytest.fixture
+def trust_loads(monkeypatch: pytest.MonkeyPatch, fresh_tls_context: None) -> list[object]:
+    """Every time the process-wide TLS context loads a trust store (CA file or dir)."""
     loads: list[object] = []
-    original = httpcore2.default_ssl_context
+    context_type = type(http.ssl_context())
+    http.ssl_context.cache_clear()
+    for name in ("load_verify_locations", "load_default_certs"):
+        original = getattr(context_type, name)
 
-    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
-        loads.append(args)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        def counting(self: ssl.SSLContext, *args: object, _original=original, **kw: object) -> None:
+            loads.append(args)
+            _original(self, *args, **kw)
 
-    monkeypatch.setattr(httpcore2, "default_ssl_context", counting)
-    server.push("one", "two", "three", "four")
+        monkeypatch.setattr(context_type, name, counting)
+    return loads
+
+
+def test_plain_http_never_loads_a_trust_store(
+    trust_loads: list[object], server: FakeLLMServer
+) -> None:
+    server.push("one", "two")
     models = [model_for(p, url_for(p, server)) for p in ("openai", "anthropic")]
 
-    for _ in range(2):  # each run's event loop gets its own clients
-        for model in models:
-            assert asyncio.run(model.complete(REQUEST)).text
-    assert len(loads) == 1
+    for model in models:
+        assert asyncio.run(model.complete(REQUEST)).text
+
+    assert trust_loads == []
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +186,34 @@ async def test_https_verifies_the_server_against_the_trust_store(
         reply = await model_for("openai", url).complete(REQUEST)
 
     assert reply.text == "secure"
+
+
+def test_every_client_shares_one_trust_store_load(
+    certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    server: FakeLLMServer,
+    trust_loads: list[object],
+) -> None:
+    cert, key = certificate
+    front = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    front.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server.push("one", "two", "three", "four")
+
+    async def two_models(port: int) -> list[str]:
+        url = f"https://localhost:{port}/v1"
+        models = [model_for("openai", url), model_for("anthropic", url.removesuffix("/v1"))]
+        return [(await m.complete(REQUEST)).text for m in models]
+
+    async def main() -> list[str]:
+        async with relay(server.port, tls=front) as (port, _):
+            return await two_models(port)
+
+    # Two runs (event loops), two providers: four clients, four TLS connections.
+    texts = asyncio.run(main()) + asyncio.run(main())
+
+    assert texts == ["one", "two", "three", "four"]
+    assert len(trust_loads) == 1
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
