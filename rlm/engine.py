@@ -130,11 +130,17 @@ class _Config:
 @dataclass(frozen=True, slots=True)
 class _Turn:
     """A session's turn: run on the session's REPL (started before, closed after by the
-    session), with an opening message that tells the model about earlier turns."""
+    session). `preamble` goes before the query (earlier turns, variables, contexts);
+    `contexts` (the contexts' names) stays when the history is compacted."""
 
     repl: Repl
     attach: Callable[[ReplHost | None], None]
-    opening: str
+    preamble: str
+    contexts: str
+
+    def before(self, text: str, *, compacted: bool = False) -> str:
+        lead = self.contexts if compacted else self.preamble
+        return f"{lead}\n\n{text}" if lead else text
 
 
 @dataclass
@@ -342,19 +348,20 @@ class RLM:
         session_id: str,
         repl: Repl,
         attach: Callable[[ReplHost | None], None],
-        opening: str,
+        preamble: str,
+        contexts: str,
         on_event: OnEvent,
         budget: Budget | None,
         output_type: Any,
     ) -> RLMResult:
-        """One turn of a `Session` (rlm/session.py): on its REPL, with its opening message."""
+        """One turn of a `Session` (rlm/session.py): on its REPL, after its preamble."""
         return await self._arun(
             query,
             context,
             on_event=on_event,
             budget=budget,
             output_type=output_type,
-            turn=_Turn(repl=repl, attach=attach, opening=opening),
+            turn=_Turn(repl=repl, attach=attach, preamble=preamble, contexts=contexts),
             session_id=session_id,
         )
 
@@ -672,7 +679,7 @@ class _Run:
         )
         first = prompts.first_user_message(self.query, info, self.output.instructions())
         if self.turn is not None:
-            first = self.turn.opening
+            first = self.turn.before(first)
         return [Message("system", system, cache_breakpoint=True), Message("user", first)]
 
     async def _loop(self, repl: Repl, messages: list[Message]) -> tuple[Stop, Answer | None]:
@@ -758,6 +765,8 @@ class _Run:
         )
         info = prompts.describe_context(self.context)
         restart = prompts.first_user_message(self.query, info, self.output.instructions())
+        if self.turn is not None:
+            restart = self.turn.before(restart, compacted=True)
         messages[:] = self.compaction.compacted(before, restart, response.text)
         await self.emit(
             self.compaction.event(

@@ -273,8 +273,7 @@ class NamedContext:
     new: bool = False
 
 
-def session_opening(
-    query: str,
+def session_preamble(
     *,
     turn: int,
     contexts: Sequence[NamedContext],
@@ -282,9 +281,9 @@ def session_opening(
     variables: str,
     worker_replaced: bool,
 ) -> str:
-    """The first message of a session's turn: what earlier turns asked and answered,
-    the REPL's variables and contexts, then the query as in `first_user_message`."""
-    first = contexts[0].info
+    """What a session's turn is told before its query (`first_user_message`): what earlier
+    turns asked and answered, the REPL's variables, and its contexts. Empty for a first
+    turn with one context."""
     parts: list[str] = []
     if turn > 1:
         if worker_replaced:
@@ -316,16 +315,23 @@ def session_opening(
                 "Variables in the REPL now (SHOW_VARS()):\n"
                 + cut_middle(variables.strip() or "(none)", SESSION_VARIABLES_CHARS)
             )
-    if len(contexts) > 1:
-        described = [
-            f"- `{c.name}`: {context_summary(c.info)}" + (" (new in this turn)" if c.new else "")
-            for c in contexts
-        ]
-        parts.append("Contexts in the REPL:\n" + "\n".join(described))
-        for c in contexts:
-            if c.new:
-                parts.append(f"Preview of `{c.name}`:\n{c.info.preview}")
-    parts.append(first_user_message(query, first))
+    note = contexts_note(contexts)
+    if note:
+        parts.append(note)
+    return "\n\n".join(parts)
+
+
+def contexts_note(contexts: Sequence[NamedContext]) -> str:
+    """The contexts a session's REPL holds, when there is more than `context`, with a
+    preview of those new in this turn ('' otherwise)."""
+    if len(contexts) < 2:
+        return ""
+    described = [
+        f"- `{c.name}`: {context_summary(c.info)}" + (" (new in this turn)" if c.new else "")
+        for c in contexts
+    ]
+    parts = ["Contexts in the REPL:\n" + "\n".join(described)]
+    parts += [f"Preview of `{c.name}`:\n{c.info.preview}" for c in contexts if c.new]
     return "\n\n".join(parts)
 
 

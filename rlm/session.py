@@ -299,8 +299,7 @@ class Session:
         self._contexts = [replace(c, new=False) for c in self._contexts]
         repl, replaced, variables = await self._prepare(context)
         turn = len(self._earlier) + 1
-        opening = prompts.session_opening(
-            query,
+        preamble = prompts.session_preamble(
             turn=turn,
             contexts=self._contexts,
             earlier=self._earlier,
@@ -314,7 +313,8 @@ class Session:
                 session_id=self.session_id,
                 repl=repl,
                 attach=self._host.attach,
-                opening=opening,
+                preamble=preamble,
+                contexts=prompts.contexts_note(self._contexts),
                 on_event=[*self._subscribers, *as_subscribers(on_event)],
                 budget=budget if budget is not None else self.budget,
                 output_type=output_type,

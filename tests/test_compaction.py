@@ -95,9 +95,12 @@ def test_a_session_turn_compacts_and_the_next_turn_still_has_the_variables() -> 
     with harness("scripted", brain) as h:
         engine = rlm.RLM(h.model, repl="subprocess", context_windows={h.name: 1_500})
         with engine.session(NUMBERS, on_event=events.append) as chat:
-            assert chat.run("sum").answer == str(sum(NUMBERS))
+            assert chat.run("sum", context=["notes"]).answer == str(sum(NUMBERS))
             assert chat.run("and doubled?").answer == str(2 * sum(NUMBERS))
     assert any(isinstance(e, HistoryCompacted) for e in events)
+    # After compaction the turn still knows which contexts the REPL holds.
+    resumed = [s.last for s in h.requests if "compacted into this summary" in s.last]
+    assert resumed and all("`context_1`" in last for last in resumed)
     assert {e.session_id for e in events} == {chat.session_id}
 
 

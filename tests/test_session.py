@@ -15,6 +15,7 @@ from _llm_harness import MODEL_KINDS, REPLS, Seen, code, harness
 import rlm
 from rlm.errors import SessionError
 from rlm.events import Event, RunStarted
+from rlm.output import OutputSpec
 from rlm.telemetry import TrajectoryRecorder, load_trajectory
 from rlm.viewer.tree import build_tree
 
@@ -219,3 +220,7 @@ def test_a_session_calls_tools_and_types_its_answers(repl: str) -> None:
             second = chat.run("How many did you look up?", output_type=int)
     assert first.output == {"ada": "annual", "bob": "monthly"} and first.tool_calls == 2
     assert second.output == 2 and second.answer == "2"
+    # The later turn is told both the conversation so far and the shape of its answer.
+    opening = h.requests[1].last
+    assert "Which plans are ada and bob on?" in opening
+    assert OutputSpec(int).instructions() in opening and "plan_of" in h.requests[1].text
