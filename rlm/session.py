@@ -152,6 +152,7 @@ class Session:
         self._repl: Repl | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: _LoopThread | None = None
+        self._thread_lock = threading.Lock()
         self._busy = False
         self._closed = False
 
@@ -243,14 +244,15 @@ class Session:
         """Blocking `arun`. Works inside a running event loop too (turns run on a thread)."""
         if self._closed:
             raise SessionError("this session is closed; open a new one with engine.session()")
-        if self._thread is None:
-            if self._loop is not None:
-                raise SessionError(
-                    "this session runs on an event loop (it was used with await); keep "
-                    "using `await chat.arun(...)`"
-                )
-            self._thread = _LoopThread()
-            self._loop = self._thread.loop
+        with self._thread_lock:  # two threads' first turns must not start two loops
+            if self._thread is None:
+                if self._loop is not None:
+                    raise SessionError(
+                        "this session runs on an event loop (it was used with await); keep "
+                        "using `await chat.arun(...)`"
+                    )
+                self._thread = _LoopThread()
+                self._loop = self._thread.loop
         if threading.current_thread() is self._thread.thread:
             raise SessionError(
                 "chat.run() was called from inside one of the session's turns (an event "
