@@ -26,6 +26,7 @@ turn, its child runs included, carries the session's `session_id`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import replace
@@ -110,6 +111,11 @@ class _LoopThread:
             raise
 
     def stop(self) -> None:
+        # What asyncio.run does at its end: close async generators (model clients made
+        # for this loop close their connections there) and the default executor.
+        for cleanup in (self.loop.shutdown_asyncgens, self.loop.shutdown_default_executor):
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
