@@ -34,7 +34,7 @@ from rlm.events import (
 from rlm.providers.base import Usage
 from rlm.result import RLMResult
 from rlm.telemetry import TrajectoryRecorder
-from rlm.testing import ScriptedModel
+from rlm.testing import FunctionModel, ScriptedModel
 from rlm.viewer import write_html
 
 from .browser import Browser, find_chromium
@@ -239,4 +239,33 @@ def test_a_50_mb_trajectory_opens_and_expands(browser: Browser, tmp_path: Path) 
     assert "does it mention the needle?" in browser.evaluate(
         "document.querySelector('.node.subcall.open').innerText"
     )
+    assert browser.errors() == []
+
+
+def test_a_sessions_turns_and_a_compaction_show(browser: Browser, tmp_path: Path) -> None:
+    trajectory = tmp_path / "chat.jsonl"
+
+    def reply(request: rlm.ModelRequest) -> str:
+        if request.purpose == "compaction":
+            return "The count is in `n`."
+        last = request.messages[-1].content
+        if "Query: how many?" in last and "compacted" not in last:
+            return "```repl\nn = len(context)\nprint('.' * 3000)\n```"
+        return "FINAL_VAR(n)"
+
+    engine = rlm.RLM(FunctionModel(reply, name="m"), repl="inprocess", context_windows={"m": 1_200})
+    with (
+        TrajectoryRecorder(trajectory) as recorder,
+        engine.session(context="abc", on_event=recorder) as chat,
+    ):
+        assert chat.run("how many?").answer == "3"
+        chat.run("and again?")
+    assert main(["view", str(trajectory)]) == 0
+    load(browser, tmp_path / "chat.html")
+
+    text = browser.evaluate("document.body.innerText")
+    assert "Turn 1 of a session" in text and "Turn 2 of a session" in text
+    click(browser, ".node.iteration > .head", 1)  # turn 1's second iteration compacted
+    opened = browser.evaluate("document.querySelector('.node.iteration.open').innerText")
+    assert "history compacted" in opened and "The count is in `n`." in opened
     assert browser.errors() == []
