@@ -122,7 +122,8 @@ class Ledger:
     ) -> None:
         if budget is not None and not isinstance(budget, Budget):
             raise ConfigurationError(f"budget must be an rlm.Budget, not {type(budget).__name__}")
-        if shared is not None and not isinstance(shared, SharedLedger):
+        # A Ledger is the usual case: skip the (slow) structural check of the protocol.
+        if shared is not None and not isinstance(shared, Ledger | SharedLedger):
             raise ConfigurationError(
                 f"ledger must be an rlm.Ledger shared by the runs, not {type(shared).__name__}"
             )
