@@ -76,6 +76,7 @@ async def abatch(
     """
     check_run_arguments(run_kwargs)
     ledger = _shared_ledger(total_budget, run_kwargs.pop("ledger", None))
+    _check_priced(ledger.budget, [m for m in (model, sub_model) if m is not None])
     spec = RunSpec(
         model=model,
         sub_model=sub_model,
@@ -118,6 +119,7 @@ async def abatch_with_engine(
     """`RLM.abatch`: `abatch` with the engine's configuration."""
     check_run_arguments(run_kwargs, engine)
     ledger = _shared_ledger(total_budget, run_kwargs.pop("ledger", None))
+    _check_priced(ledger.budget, [engine.model, engine.sub_model])
     spec = RunSpec(
         engine=engine,
         kwargs=run_kwargs,
@@ -148,6 +150,23 @@ def _shared_ledger(total_budget: Budget | None, ledger: object) -> Ledger:
             f"total_budget must be an rlm.Budget, not {type(total_budget).__name__}"
         )
     return Ledger(total_budget)
+
+
+def _check_priced(budget: Budget, models: list[str | Model]) -> None:
+    """A total cost limit needs prices: an unpriced model would count as free."""
+    if budget.max_cost_usd is None:
+        return
+    from rlm.providers.pricing import price_for
+    from rlm.providers.registry import split_model_string
+
+    for model in models:
+        name = split_model_string(model)[1] if isinstance(model, str) else model.name
+        if price_for(name) is None:
+            raise ConfigurationError(
+                f"total_budget=Budget(max_cost_usd=...) needs prices, and {name!r} has none. "
+                "Add one with rlm.set_price(name, rlm.Price(input=..., output=...)) or use "
+                "max_tokens instead."
+            )
 
 
 def _executor(spec: ExecutorSpec) -> Executor:

@@ -223,6 +223,8 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
         rlm.batch([rlm.BatchItem("q-1", "", id="a"), rlm.BatchItem("q-2", "", id="a")], model)
     with pytest.raises(ConfigurationError, match="BatchItem"):
         rlm.batch(["q-1"], model)  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match="needs prices"):
+        rlm.batch(items(1), model, total_budget=rlm.Budget(max_cost_usd=1.0))
     with pytest.raises(ConfigurationError, match="executor"):
         rlm.batch(items(1), model, executor="spark")  # type: ignore[arg-type]
     assert model.calls == []
