@@ -171,3 +171,11 @@ def test_the_run_finished_event_carries_the_output_as_json() -> None:
     )
     line = rlm.events.event_to_json(events[-1])
     assert json.loads(line)["result"]["output"] == {"x": 1, "y": 2}
+
+
+def test_a_variable_that_cannot_become_text_is_reported_not_fatal(repl: str) -> None:
+    result, model = run(
+        [code("x = []\nfor _ in range(100_000):\n    x = [x]"), "FINAL_VAR(x)", "FINAL(ok)"], repl
+    )
+    assert result.answer == "ok"
+    assert "'x' cannot be turned into text (RecursionError" in model.calls[2].messages[-1].content

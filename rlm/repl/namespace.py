@@ -299,7 +299,14 @@ class Namespace:
     def lookup(self, name: str) -> VariableLookup:
         """The answer text of a variable (JSON for structured values), and its JSON."""
         if self._is_variable(name):
-            text, data = answer_parts(self.globals[name])
+            try:
+                text, data = answer_parts(self.globals[name])
+            except Exception as exc:  # its __str__ failed (too deep, or broken)
+                return VariableLookup(
+                    value=None,
+                    error=f"{name!r} cannot be turned into text ({type(exc).__name__}: "
+                    f"{exc}); make the answer a str first.",
+                )
             return VariableLookup(value=text, json=data)
         return VariableLookup(value=None, error=missing_variable_message(name, self.variables()))
 
