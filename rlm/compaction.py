@@ -8,6 +8,8 @@ root request the loop asks `Compaction.needed(messages)`: when the request would
 what it has learned and where its results are stored, and the history after the system
 prompt becomes the query (restated with the context's description) plus that summary.
 The REPL is untouched: every variable survives, so the summary only has to name them.
+If the summary request is itself too long for the model (`ContextTooLongError`), the
+history is dropped without one and the model is pointed at `SHOW_VARS()`.
 A `HistoryCompacted` event records each compaction.
 
 Sizes are estimated at four characters a token, the estimate the sub-call size check
@@ -35,6 +37,12 @@ SUMMARY_REQUEST = (
     "REPL variables hold your results and what each contains, and what is left to do to "
     "answer the query. Be complete but brief: this summary is all you will see of your "
     "work so far."
+)
+
+# When even the summary request is too long for the model: the history goes unsummarised.
+UNSUMMARISED = (
+    "(The history was too long to summarise, so it was dropped. Your earlier code's "
+    "results are still in the REPL: run SHOW_VARS() to see them.)"
 )
 
 RESUME_NOTE = (

@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rlm import prompts
 from rlm.budget import Budget, Ledger, SharedLedger
-from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD, Compaction, check_threshold
+from rlm.compaction import (
+    DEFAULT_COMPACTION_THRESHOLD,
+    UNSUMMARISED,
+    Compaction,
+    check_threshold,
+)
 from rlm.errors import (
     BudgetExceeded,
     ConfigurationError,
+    ContextTooLongError,
     ProviderError,
     RLMError,
 )
@@ -757,17 +763,19 @@ class _Run:
     async def _compact(self, messages: list[Message]) -> None:
         """Replace the history after the system prompt by the model's own summary."""
         before = list(messages)
-        response = await self.call_model(
-            self.model,
-            self.model_info,
-            self.compaction.summary_request(before),
-            purpose="compaction",
-        )
+        request = self.compaction.summary_request(before)
+        try:
+            response = await self.call_model(
+                self.model, self.model_info, request, purpose="compaction"
+            )
+            summary = response.text
+        except ContextTooLongError:
+            summary = UNSUMMARISED  # the history is dropped; the REPL still has the work
         info = prompts.describe_context(self.context)
         restart = prompts.first_user_message(self.query, info, self.output.instructions())
         if self.turn is not None:
             restart = self.turn.before(restart, compacted=True)
-        messages[:] = self.compaction.compacted(before, restart, response.text)
+        messages[:] = self.compaction.compacted(before, restart, summary)
         await self.emit(
             self.compaction.event(
                 self._base(),
@@ -775,7 +783,7 @@ class _Run:
                 model=self.model_info.name,
                 before=before,
                 after=messages,
-                summary=response.text,
+                summary=summary,
             )
         )
 

@@ -9,7 +9,7 @@ from _llm_harness import MODEL_KINDS, REPLS, Seen, code, harness
 
 import rlm
 from rlm.compaction import SUMMARY_REQUEST, Compaction
-from rlm.errors import ConfigurationError
+from rlm.errors import ConfigurationError, ContextTooLongError
 from rlm.events import Event, HistoryCompacted, ModelCallStarted
 from rlm.providers.base import Message
 
@@ -30,7 +30,7 @@ def summing(seen: Seen) -> str:
         return "FINAL_VAR(total)"
     add = "total + " if step else ""
     return code(
-        f"total = {add}sum(context[{step * CHUNK}:{(step + 1) * CHUNK}])\n"
+        f"total = {add}sum(context[{step * CHUNK}:{(step + 1) * CHUNK}])\nstep = {step}\n"
         f"print({FILLER!r})\nprint('chunk {step} done')"
     )
 
@@ -117,3 +117,26 @@ def test_the_summary_request_keeps_roles_alternating() -> None:
     assert [m.role for m in request] == ["system", "user", "assistant", "user"]
     assert request[-1].content.startswith("out") and SUMMARY_REQUEST in request[-1].content
     assert not Compaction(None, 100).needed(history) and not Compaction(0.5, None).needed(history)
+
+
+def test_a_history_too_long_to_summarise_is_dropped_and_the_repl_still_knows() -> None:
+    def brain(seen: Seen) -> str:
+        if SUMMARY_REQUEST[:40] in seen.last:
+            raise ContextTooLongError("the summary request is too long", model="brain")
+        if "too long to summarise" in seen.last:
+            return code("print(f'chunk {step} done')")  # the REPL remembers
+        return summing(seen)
+
+    events: list[Event] = []
+    with harness("scripted", brain) as h:
+        result = rlm.run(
+            "sum",
+            NUMBERS,
+            model=h.model,
+            repl="inprocess",
+            context_windows={h.name: 1_500},
+            on_event=events.append,
+        )
+    assert result.answer == str(sum(NUMBERS)) and result.stop_reason == "final"
+    dropped = [e for e in events if isinstance(e, HistoryCompacted)]
+    assert dropped and all("SHOW_VARS()" in e.summary for e in dropped)

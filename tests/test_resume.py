@@ -194,8 +194,14 @@ def test_recorded_tool_calls_are_answered_from_the_file(tmp_path: Path) -> None:
 
     path = tmp_path / "run.jsonl"
     with TrajectoryRecorder(path) as recorder:
-        whole = rlm.run("q", "ctx", model=FunctionModel(model_reply, name="m"),
-                        repl="inprocess", tools=[lookup], on_event=recorder)
+        whole = rlm.run(
+            "q",
+            "ctx",
+            model=FunctionModel(model_reply, name="m"),
+            repl="inprocess",
+            tools=[lookup],
+            on_event=recorder,
+        )
     assert calls == ["acme", "ghost", "globex"]
     # Killed while the 4th model call was in flight: all three tool calls are recorded.
     lines = path.read_text().splitlines(keepends=True)
@@ -204,8 +210,13 @@ def test_recorded_tool_calls_are_answered_from_the_file(tmp_path: Path) -> None:
     cut_path.write_text("".join(lines[: starts[3] + 1]))
 
     calls.clear()
-    resumed = rlm.resume(cut_path, context="ctx", model=FunctionModel(model_reply, name="m"),
-                         repl="inprocess", tools=[lookup])
+    resumed = rlm.resume(
+        cut_path,
+        context="ctx",
+        model=FunctionModel(model_reply, name="m"),
+        repl="inprocess",
+        tools=[lookup],
+    )
     assert calls == []
     assert resumed.answer == whole.answer
     assert resumed.resumed is not None and resumed.resumed.replayed_tool_calls == 3
@@ -239,8 +250,10 @@ def test_a_session_with_tools_and_a_depth_two_batch_replays_with_zero_requests(
     path = tmp_path / "session.jsonl"
     live = FunctionModel(play, name="m")
     engine = rlm.RLM(live, max_depth=2, repl="inprocess", tools=[note])
-    with TrajectoryRecorder(path) as recorder, engine.session(context="ctx",
-                                                              on_event=recorder) as chat:
+    with (
+        TrajectoryRecorder(path) as recorder,
+        engine.session(context="ctx", on_event=recorder) as chat,
+    ):
         first = [chat.run("first question"), chat.run("second question")]
     recorded = len(live.calls)
 

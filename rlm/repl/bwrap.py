@@ -271,9 +271,7 @@ def mount_scratch(path: str, size_bytes: int, inodes: int) -> bool:
     if os.geteuid() != 0 or not sys.platform.startswith("linux"):
         return False
     options = f"size={size_bytes},nr_inodes={inodes},mode=0700".encode()
-    result = _c().mount(
-        b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options
-    )
+    result = _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options)
     return bool(result == 0)
 
 

@@ -105,9 +105,7 @@ def _build() -> bytes:
         for flag in NAMESPACE_FLAGS:
             rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
         rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        rules.add_rule(
-            sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX)
-        )
+        rules.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
         with tempfile.TemporaryFile() as out:
             rules.export_bpf(out)
             out.seek(0)

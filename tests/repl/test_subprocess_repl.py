@@ -531,7 +531,7 @@ def test_runs_faster_than_worker_start_up_get_a_second_spare(
     assert asyncio.run(scenario()) == [1, 2, 2]
 
 
-MAIN_CLASSES_SCRIPT = '''
+MAIN_CLASSES_SCRIPT = """
 import sys
 from dataclasses import dataclass
 
@@ -558,7 +558,7 @@ for context, block in (
     model = ScriptedModel([f"```repl\\n{block}\\n```"])
     repl = SubprocessRepl.factory(isolation=sys.argv[1])
     print(rlm.run("q", context, model=model, repl=repl).answer)
-'''
+"""
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
