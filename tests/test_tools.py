@@ -436,3 +436,37 @@ async def test_stream_takes_tools_and_an_output_type() -> None:
     assert events[-1].kind == "run_finished"
     assert events[-1].result.output == Named(customer_id=4, name="c4")  # type: ignore[union-attr]
     assert any(isinstance(e, ToolCallStarted) for e in events)
+
+
+def test_tools_and_a_typed_answer_with_native_tool_calling() -> None:
+    from rlm.strategies import ToolCallingParser
+
+    def call(call_id: str, name: str, **arguments: Any) -> rlm.ModelResponse:
+        return rlm.ModelResponse(
+            text="", tool_calls=(rlm.ToolCall(id=call_id, name=name, arguments=arguments),)
+        )
+
+    class Named(BaseModel):
+        customer_id: int
+        name: str
+
+    model = ScriptedModel(
+        [
+            call("a", "execute_python", code="c = lookup_customer(5)\nprint(c)"),
+            call("b", "final_answer", answer="not json"),
+            call("c", "final_answer", answer='{"customer_id": 5, "name": "c5"}'),
+        ]
+    )
+    result = rlm.run(
+        "q",
+        "ctx",
+        model=model,
+        parsing=ToolCallingParser(),
+        repl="inprocess",
+        tools=[lookup_customer],
+        output_type=Named,
+    )
+    assert result.output == Named(customer_id=5, name="c5")
+    assert result.tool_calls == 1
+    assert "lookup_customer(customer_id: int) -> Customer" in model.calls[0].messages[0].content
+    assert "the answer is not valid JSON" in model.calls[2].messages[-1].content
