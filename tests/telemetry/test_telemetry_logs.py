@@ -138,3 +138,10 @@ def test_import_rlm_loads_no_telemetry_dependency():
     # A run of an application that configured neither OpenTelemetry nor structlog
     # does not pay for importing them.
     assert done.stdout.strip() == "[]"
+
+
+def test_every_event_kind_has_a_log_line_name():
+    from rlm.events import EVENT_TYPES
+    from rlm.telemetry.semconv import LOG_EVENT_NAMES
+
+    assert set(LOG_EVENT_NAMES) == set(EVENT_TYPES)
