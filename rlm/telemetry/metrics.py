@@ -48,12 +48,10 @@ from rlm.events import (
     RunFailed,
     RunFinished,
     SubcallStarted,
+    ToolCallFinished,
 )
 from rlm.telemetry import semconv as sc
 from rlm.telemetry._common import ERROR_NAME, error_type_of
-
-#: The event kind counted in `rlm.tool_calls` (`ToolCallFinished`).
-TOOL_CALL_FINISHED = "tool_call_finished"
 
 
 class MetricsSubscriber:
@@ -121,7 +119,7 @@ class MetricsSubscriber:
             "run_failed": self._run_failed,
             "subcall_started": self._subcall_started,
             "code_executed": self._code_executed,
-            TOOL_CALL_FINISHED: self._tool_call_finished,
+            "tool_call_finished": self._tool_call_finished,
         }
 
     def __call__(self, event: Event) -> None:
@@ -183,12 +181,8 @@ class MetricsSubscriber:
         if e.restarted:
             self._restarts.add(1)
 
-    def _tool_call_finished(self, e: Any) -> None:
-        attrs: dict[str, AttributeValue] = {}
-        name = getattr(e, "name", None)
-        if isinstance(name, str):
-            attrs[sc.GEN_AI_TOOL_NAME] = name
-        if getattr(e, "ok", True) is False:
-            error = getattr(e, "error", None)
-            attrs[sc.ERROR_TYPE] = error_type_of(error) if isinstance(error, str) else "error"
+    def _tool_call_finished(self, e: ToolCallFinished) -> None:
+        attrs: dict[str, AttributeValue] = {sc.GEN_AI_TOOL_NAME: e.name}
+        if not e.ok:
+            attrs[sc.ERROR_TYPE] = sc.ERROR_TYPE_TOOL
         self._tool_calls.add(1, attrs)

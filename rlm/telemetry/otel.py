@@ -71,7 +71,7 @@ from rlm.telemetry._common import ERROR_NAME, capture_content_from_env, error_ty
 
 CANCELLED = "cancelled"
 # error.type of a failed user tool call (its message says what the tool raised).
-TOOL_ERROR = "ToolError"
+TOOL_ERROR = sc.ERROR_TYPE_TOOL
 
 
 def _ns(timestamp: float) -> int:

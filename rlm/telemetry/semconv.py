@@ -49,6 +49,8 @@ GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 ERROR_TYPE: Final = "error.type"
+# error.type of a user tool that raised (the exception's class is in the message only).
+ERROR_TYPE_TOOL: Final = "ToolError"
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 

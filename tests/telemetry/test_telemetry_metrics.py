@@ -26,11 +26,21 @@ from rlm.testing.server import FakeLLMServer, Reply
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 
-# Turn 1 kills the sandbox worker (a restart); turn 2 makes a batch of two sub-calls and
-# raises; turn 3 answers.
+# Turn 1 kills the sandbox worker (a restart); turn 2 makes a batch of two sub-calls,
+# calls a tool twice (once failing) and raises; turn 3 answers.
 CRASH = "```repl\nimport os\nos._exit(3)\n```"
-FAN_OUT = "```repl\nparts = llm_query_batched(['a', 'b'])\nraise ValueError(parts)\n```"
+FAN_OUT = (
+    "```repl\nparts = llm_query_batched(['a', 'b'])\nrate('EUR')\n"
+    "try:\n    rate('XXX')\nexcept Exception:\n    pass\nraise ValueError(parts)\n```"
+)
 ANSWER = "```repl\nFINAL('done')\n```"
+
+
+def rate(currency: str) -> float:
+    """The exchange rate of a currency."""
+    if currency == "XXX":
+        raise LookupError("no such currency")
+    return 1.1
 
 
 @dataclass
@@ -91,6 +101,7 @@ def test_metrics_scraped_by_prometheus_match_the_runs_result(prometheus: Prometh
             "ctx",
             model=model,
             repl="subprocess",
+            tools=[rate],
             on_event=MetricsSubscriber(meter_provider=prometheus.provider),
         )
     assert result.answer == "done"
@@ -119,6 +130,9 @@ def test_metrics_scraped_by_prometheus_match_the_runs_result(prometheus: Prometh
     restarts = sum(e.restarted for i in result.history for e in i.executions)
     assert total(got, "rlm_sandbox_restarts_total") == restarts == 1
     assert total(got, "rlm_cost_USD_total", **model_labels) == pytest.approx(result.cost_usd)
+    tools = "rlm_tool_calls_total"
+    assert total(got, tools, gen_ai_tool_name="rate") == result.tool_calls == 2
+    assert total(got, tools, gen_ai_tool_name="rate", error_type="ToolError") == 1
 
     # The dashboard shipped in docs/ queries only series that exist.
     assert dashboard_metrics() <= {s.name for s in got}
