@@ -12,9 +12,11 @@ If the summary request is itself too long for the model (`ContextTooLongError`),
 history is dropped without one and the model is pointed at `SHOW_VARS()`.
 A `HistoryCompacted` event records each compaction.
 
-Sizes are estimated at four characters a token, the estimate the sub-call size check
-uses: it needs no tokenizer per provider, and the share left free (15% by default) covers
-its error on ordinary text.
+A request's size is what the provider reported for the last root request and its reply
+(`Usage.input_tokens` plus the reply's output tokens) plus the messages added since at
+four characters a token, or the whole history at four characters a token when that is
+larger (and before any request was measured): no tokenizer per provider is needed, and
+the share left free (15% by default) covers the estimate's error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from rlm.errors import ConfigurationError
 from rlm.events import HistoryCompacted, clip
-from rlm.providers.base import Message
+from rlm.providers.base import Message, Usage
 
 DEFAULT_COMPACTION_THRESHOLD = 0.85
 CHARS_PER_TOKEN = 4
@@ -72,6 +74,19 @@ def estimate_tokens(messages: Sequence[Message]) -> int:
     return sum(len(m.content) for m in messages) // CHARS_PER_TOKEN
 
 
+Measured = tuple[int, int]
+"""(how many messages, the tokens they took as the provider counted them): the last root
+request and its reply."""
+
+
+def measure(message_count: int, usage: Usage) -> Measured | None:
+    """What `usage` says the first `message_count` messages take (None if unreported).
+    Reasoning tokens are left out: they are not sent back as text."""
+    if not usage.input_tokens:
+        return None
+    return message_count, usage.input_tokens + usage.output_tokens - usage.reasoning_tokens
+
+
 @dataclass(frozen=True, slots=True)
 class Compaction:
     """When and how one run compacts its history.
@@ -89,11 +104,21 @@ class Compaction:
             return None
         return int(self.window_tokens * self.threshold)
 
-    def needed(self, messages: Sequence[Message]) -> bool:
+    def size(self, messages: Sequence[Message], measured: Measured | None = None) -> int:
+        """The estimated tokens of a request of `messages` (see the module docstring)."""
+        by_chars = estimate_tokens(messages)
+        if measured is None or measured[0] > len(messages):
+            return by_chars
+        count, tokens = measured
+        return max(by_chars, tokens + estimate_tokens(messages[count:]))
+
+    def needed(self, messages: Sequence[Message], measured: Measured | None = None) -> bool:
         """True when the next request would pass the threshold and there is history
         beyond the system prompt and one message to compact."""
         limit = self.limit_tokens
-        return limit is not None and len(messages) > 2 and estimate_tokens(messages) > limit
+        if limit is None or len(messages) <= 2:
+            return False
+        return self.size(messages, measured) > limit
 
     def summary_request(self, messages: Sequence[Message]) -> list[Message]:
         """The history so far plus the request for a summary of it."""
@@ -120,6 +145,7 @@ class Compaction:
         before: Sequence[Message],
         after: Sequence[Message],
         summary: str,
+        measured: Measured | None = None,
     ) -> HistoryCompacted:
         """The event that records one compaction."""
         return HistoryCompacted(
@@ -130,8 +156,8 @@ class Compaction:
             threshold=self.threshold or 0.0,
             messages_before=len(before),
             messages_after=len(after),
-            tokens_before=estimate_tokens(before),
-            tokens_after=estimate_tokens(after),
+            tokens_before=self.size(before, measured),
+            tokens_after=self.size(after),
             summary=clip(summary),
             summary_chars=len(summary),
         )

@@ -21,7 +21,9 @@ from rlm.compaction import (
     DEFAULT_COMPACTION_THRESHOLD,
     UNSUMMARISED,
     Compaction,
+    Measured,
     check_threshold,
+    measure,
 )
 from rlm.errors import (
     BudgetExceeded,
@@ -581,6 +583,7 @@ class _Run:
         self.compaction = Compaction(
             shared.config.compaction_threshold, self.subcalls.window_tokens(self.model_info)
         )
+        self.measured: Measured | None = None  # the last root request, as the provider counted
         self.context_fingerprint = context_fingerprint(context)
         self.request_metadata = {
             "rlm.run_id": self.run_id,
@@ -697,7 +700,7 @@ class _Run:
             turn_started = time.perf_counter()
             await self.emit(IterationStarted(**self._base(), iteration=self.iteration))
             try:
-                if self.compaction.needed(messages):
+                if self.compaction.needed(messages, self.measured):
                     await self._compact(messages)
                 response = await self.call_model(
                     self.model, self.model_info, messages, purpose="root", tools=tools
@@ -713,6 +716,7 @@ class _Run:
                 # strategy wrote; the adapter checks the items still match the content.
                 reply = replace(reply, provider_items=response.provider_items)
             messages.append(reply)
+            self.measured = measure(len(messages), response.usage)
             executions, outputs, final, source, last_error = await self._run_blocks(repl, parsed)
             if final is None and parsed.final is not None:
                 final, note, self.resolved_variable = await self._resolve_marker(repl, parsed.final)
@@ -784,8 +788,10 @@ class _Run:
                 before=before,
                 after=messages,
                 summary=summary,
+                measured=self.measured,
             )
         )
+        self.measured = None
 
     def _check_termination(self, final: str | None) -> Stop | None:
         snap = self.ledger.snapshot()

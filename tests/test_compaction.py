@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from _llm_harness import MODEL_KINDS, REPLS, Seen, code, harness
+from _llm_harness import MODEL_KINDS, REPLS, Seen, code, harness, seen_by_model
 
 import rlm
 from rlm.compaction import SUMMARY_REQUEST, Compaction
 from rlm.errors import ConfigurationError, ContextTooLongError
-from rlm.events import Event, HistoryCompacted, ModelCallStarted
-from rlm.providers.base import Message
+from rlm.events import Event, HistoryCompacted, ModelCallFinished, ModelCallStarted
+from rlm.providers.base import Message, ModelRequest, ModelResponse, Usage
+from rlm.testing import FunctionModel
 
 NUMBERS = [(i * 37) % 101 for i in range(24)]
 CHUNK = 3
@@ -140,3 +141,46 @@ def test_a_history_too_long_to_summarise_is_dropped_and_the_repl_still_knows() -
     assert result.answer == str(sum(NUMBERS)) and result.stop_reason == "final"
     dropped = [e for e in events if isinstance(e, HistoryCompacted)]
     assert dropped and all("SHOW_VARS()" in e.summary for e in dropped)
+
+
+def test_the_providers_token_count_is_trusted_over_the_character_estimate() -> None:
+    compaction = Compaction(0.5, 1_000)
+    history = [
+        Message("system", "s" * 400),
+        Message("user", "q"),
+        Message("assistant", "a"),
+        Message("user", "o" * 40),
+    ]
+    assert not compaction.needed(history)  # about 100 tokens by characters
+    assert compaction.size(history, (3, 600)) == 600 + 10  # counted, plus what came since
+    assert compaction.needed(history, (3, 600))
+    assert not compaction.needed(history, (9, 600))  # a count of other messages is ignored
+
+
+def test_a_model_that_counts_more_tokens_than_characters_suggest_is_compacted_in_time() -> None:
+    # A tokenizer at one character a token: the character estimate alone would let the
+    # history grow to four times the window.
+    def reply(request: ModelRequest) -> ModelResponse:
+        text = summing(seen_by_model(request))
+        sent = sum(len(m.content) for m in request.messages)
+        return ModelResponse(text, usage=Usage(input_tokens=sent, output_tokens=len(text)))
+
+    events: list[Event] = []
+    result = rlm.run(
+        "sum",
+        NUMBERS,
+        model=FunctionModel(reply, name="dense"),
+        repl="inprocess",
+        context_windows={"dense": 6_000},
+        on_event=events.append,
+    )
+    assert result.answer == str(sum(NUMBERS))
+    compactions = [e for e in events if isinstance(e, HistoryCompacted)]
+    assert compactions and all(e.tokens_before > 6_000 * 0.85 for e in compactions)
+    # Every root request stayed inside the window as the model counts it.
+    sizes = [
+        e.usage.input_tokens
+        for e in events
+        if isinstance(e, ModelCallFinished) and e.purpose == "root"
+    ]
+    assert max(sizes) <= 6_000
