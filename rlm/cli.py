@@ -35,6 +35,7 @@ from rlm.errors import (
     BudgetExceeded,
     ConfigurationError,
     ProviderError,
+    ReplayError,
     ReplError,
     RLMError,
     TrajectoryError,
@@ -49,9 +50,10 @@ from rlm.events import (
     SubcallStarted,
     Subscriber,
 )
-from rlm.result import RLMResult
+from rlm.result import ResumeInfo, RLMResult
 
 if TYPE_CHECKING:
+    from rlm.replay import ResumePoint
     from rlm.telemetry.trajectory import TrajectoryRecorder
 
 EXIT_OK = 0
@@ -92,12 +94,12 @@ class _Parser(argparse.ArgumentParser):
 # -- shared pieces ---------------------------------------------------------------------
 
 
-def open_trajectory(path: str | os.PathLike[str]) -> TrajectoryRecorder:
+def open_trajectory(path: str | os.PathLike[str], *, append: bool = False) -> TrajectoryRecorder:
     """A `TrajectoryRecorder` for `path`; an unwritable path is a usage error."""
     from rlm.telemetry.trajectory import TrajectoryRecorder
 
     try:
-        return TrajectoryRecorder(path)
+        return TrajectoryRecorder(path, append=append)
     except TrajectoryError as exc:
         raise UsageError(str(exc)) from None
 
@@ -133,6 +135,16 @@ def result_line(result: RLMResult) -> str:
         + f" · {result.sub_calls} sub-call{'s' if result.sub_calls != 1 else ''}"
         + f" · {result.total_input_tokens:,} in / {result.total_output_tokens:,} out tokens"
         + f" · {_format_cost(result.cost_usd)} · {result.duration_s:.1f} s"
+        + (_resumed_part(result.resumed) if result.resumed is not None else "")
+    )
+
+
+def _resumed_part(info: ResumeInfo) -> str:
+    differences = len(info.differences)
+    return (
+        f" · resumed: {info.replayed_calls} call{'s' if info.replayed_calls != 1 else ''}"
+        f" replayed, {info.live_calls} live"
+        + (f", {differences} difference{'s' if differences != 1 else ''}" if differences else "")
     )
 
 
@@ -365,17 +377,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`rlm run`: one real run; progress on stderr, the answer on stdout."""
+    """`rlm run`: one real run; progress on stderr, the answer on stdout. With `--resume`,
+    the run recorded in a trajectory file continues where it stopped."""
     from rlm.engine import RLM
 
+    point = _resume_point(args) if args.resume else None
+    if point is not None:
+        from rlm.replay import describe_point
+
+        _note(describe_point(point))
+    if args.query is None and point is None:
+        raise UsageError("QUERY is required (or --resume TRAJECTORY to continue a run)")
+    model: str | None = args.model or (point.model_string if point is not None else None)
+    if model is None:
+        raise UsageError("--model is required, e.g. --model openai/gpt-4o-mini")
     context, described = load_context(args.context)
     budget = _budget(args)
     schema = load_output_schema(args.output_schema) if args.output_schema else None
     engine = RLM(
-        args.model,
+        model,
         args.sub_model,
-        max_iterations=args.max_iterations,
-        max_depth=args.max_depth,
+        max_iterations=_recorded_or(args.max_iterations, point, "max_iterations", 20),
+        max_depth=_recorded_or(args.max_depth, point, "max_depth", 1),
         max_concurrency=args.max_concurrency,
         budget=budget,
         repl=_repl_choice(args.repl),
@@ -392,13 +415,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     capture = _Capture()
     subscribers: list[Subscriber] = [capture]
     recorder: TrajectoryRecorder | None = None
+    if point is not None and args.trajectory is None:
+        # A resumed run is recorded where the run it continues is: killed again, the
+        # same file resumes it again.
+        args.trajectory = args.resume
     if args.trajectory:
-        recorder = open_trajectory(args.trajectory)
+        same = point is not None and _same_file(args.trajectory, point.path)
+        recorder = open_trajectory(args.trajectory, append=same)
         subscribers.append(recorder)
     result: RLMResult | None = None
     failure: BaseException | None = None
     try:
-        result = asyncio.run(engine.arun(args.query, context, on_event=subscribers))
+        if point is None:
+            result = asyncio.run(engine.arun(args.query, context, on_event=subscribers))
+        else:
+            result = asyncio.run(engine.aresume(point.path, context=context, on_event=subscribers))
         code = _exit_code_for(result)
     except KeyboardInterrupt:
         result = capture.result
@@ -407,6 +438,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "\ninterrupted: the run was cancelled"
             + ("; partial result below" if result is not None else "")
         )
+    except ReplayError as exc:
+        # The recording does not fit what was given (another context): bad usage.
+        raise UsageError(str(exc)) from None
     except RLMError as exc:
         failure = exc
         result = exc.result or capture.result
@@ -416,6 +450,35 @@ def cmd_run(args: argparse.Namespace) -> int:
             recorder.close()
     _report(args, result, code, failure)
     return code
+
+
+def _resume_point(args: argparse.Namespace) -> ResumePoint:
+    """The run `--resume` names; a QUERY given as well must be the recorded one."""
+    from rlm.replay import load_resume_point
+
+    try:
+        point = load_resume_point(args.resume)
+    except TrajectoryError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    if args.query is not None and args.query != point.query:
+        raise UsageError(
+            f"QUERY differs from the one recorded in {args.resume} "
+            f"({_one_line(point.query)[:200]!r}); leave QUERY out to resume that run"
+        )
+    return point
+
+
+def _recorded_or(given: int | None, point: ResumePoint | None, name: str, default: int) -> int:
+    """An option's value: as given, else as the resumed run had it, else the default."""
+    if given is not None:
+        return given
+    if point is not None:
+        return int(getattr(point.started, name))
+    return default
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _report(
@@ -442,6 +505,9 @@ def _report(
         print(result.answer)
     if not args.quiet or code != EXIT_OK:
         _note(result_line(result))
+    for difference in result.resumed.differences if result.resumed is not None else ():
+        first = difference.splitlines()[0] if difference else ""
+        _note(f"note: re-running recorded code gave other output at {first}")
     if code == EXIT_BUDGET:
         _note(f"the budget ran out ({result.limit or result.stop_reason}) before a final answer")
     elif code == EXIT_OK and result.stop_reason == "max_iterations":
@@ -594,14 +660,18 @@ def cmd_view(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------
 
 
-def _add_run_limits(parser: argparse.ArgumentParser) -> None:
+def _add_run_limits(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+    """The options `run` and `eval` share. With `recorded` (`rlm run`), the two limits a
+    resume takes from the recording default to None (`cmd_run` fills them in)."""
     parser.add_argument("--sub-model", help="model behind llm_query (default: --model)")
+    resumed = "; with --resume: the recorded value" if recorded else ""
     parser.add_argument(
-        "--max-iterations", type=int, default=20, metavar="N", help="model turns (default 20)"
-    )
+        "--max-iterations", type=int, default=None if recorded else 20, metavar="N",
+        help=f"model turns (default 20{resumed})",
+    )  # fmt: skip
     parser.add_argument(
-        "--max-depth", type=int, default=1, metavar="N",
-        help="1: no child runs (default); 2: rlm_query starts child RLMs; ...",
+        "--max-depth", type=int, default=None if recorded else 1, metavar="N",
+        help=f"1: no child runs (default{resumed}); 2: rlm_query starts child RLMs; ...",
     )  # fmt: skip
     parser.add_argument(
         "--budget-usd", type=float, metavar="X", help="stop once the run tree has spent $X"
@@ -650,16 +720,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answers QUERY over the context with an RLM. Progress goes to stderr, "
         "the answer to stdout.",
     )
-    run.add_argument("query", metavar="QUERY")
+    run.add_argument("query", metavar="QUERY", nargs="?", help="(optional with --resume)")
     run.add_argument(
         "--context", "-c", required=True, metavar="PATH",
         help="a file, a directory of files (a dict of path to text), or - for stdin",
     )  # fmt: skip
     run.add_argument(
-        "--model", "-m", required=True,
-        help="provider/model, e.g. openai/gpt-4o-mini or anthropic/claude-sonnet-4-5",
+        "--model", "-m",
+        help="provider/model, e.g. openai/gpt-4o-mini or anthropic/claude-sonnet-4-5 "
+        "(with --resume: the recorded model)",
     )  # fmt: skip
-    _add_run_limits(run)
+    run.add_argument(
+        "--resume", metavar="TRAJECTORY",
+        help="continue the run recorded in TRAJECTORY (killed, crashed or out of budget) "
+        "over the same --context: recorded model calls are answered from the file, and "
+        "the run's events are appended to it (unless --trajectory names another file)",
+    )  # fmt: skip
+    _add_run_limits(run, recorded=True)
     run.add_argument("--max-concurrency", type=int, default=16, metavar="N")
     run.add_argument(
         "--output-schema", metavar="SCHEMA.json",

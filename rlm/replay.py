@@ -104,14 +104,24 @@ def load_resume_point(path: str | os.PathLike[str]) -> ResumePoint:
         and run.started.context_fingerprint == last.started.context_fingerprint
     ]
     calls: list[RecordedCall] = []
+    # A resumed attempt records the calls it replayed again, at the same places of the
+    # run: only the first call made at a place is the recording of it.
+    places: set[str] = set()
     for attempt in attempts:
         for run in attempt.walk():
             records = [*run.model_calls, *(c for s in run.subcalls for c in s.model_calls)]
             for record in records:
                 if record.request is None or not record.finished:
                     continue
-                if record.reply is None and record.error_type is None:
+                if record.reply is None and (
+                    record.error_type is None or _ended_the_run(record.request)
+                ):
                     continue
+                place = record.request.metadata.get("rlm.call_path")
+                if place:
+                    if place in places:
+                        continue
+                    places.add(place)
                 calls.append(
                     RecordedCall(
                         request=record.request,
@@ -187,6 +197,13 @@ class _RecordedTools:
             )
             waiting.pop(0)
             return None
+
+
+def _ended_the_run(request: ModelRequest) -> bool:
+    """Whether a call's error ended the recorded run (an error of the root run's own
+    model call does): a resume asks again rather than fail the same way. A sub-call's
+    error was shown to the model's code, so it is served again as recorded."""
+    return request.purpose != "subcall" and request.metadata.get("rlm.depth") == "0"
 
 
 class _NotedModel:

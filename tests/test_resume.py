@@ -263,3 +263,69 @@ def test_a_session_with_tools_and_a_depth_two_batch_replays_with_zero_requests(
         again = [chat.run("first question"), chat.run("second question")]
     assert [r.answer for r in again] == [r.answer for r in first]
     assert replay.replayed == recorded and replay.live == 0 and replay.unused() == []
+
+
+def test_a_resumed_run_killed_again_resumes_again_from_the_same_file(
+    full: tuple[Path, rlm.RLMResult],
+) -> None:
+    path, whole = full
+    lines = path.read_text().splitlines(keepends=True)
+    first_cut = cut(path, len(lines) // 3)  # ends in a cut-off line
+    first = FunctionModel(reply, name="m")
+    # The resume appends to the file it resumes (what `rlm run --resume` does).
+    with TrajectoryRecorder(first_cut, append=True) as recorder:
+        rlm.resume(first_cut, context=CONTEXT, model=first, repl="inprocess", on_event=recorder)
+    from rlm.telemetry.trajectory import read_events
+
+    # The cut-off line was dropped before the second attempt's lines were added.
+    assert read_events(first_cut)[1] is False
+    both = first_cut.read_text().splitlines(keepends=True)
+    # Killed again, mid-way through the second attempt.
+    again = first_cut.with_name("again.jsonl")
+    keep = len(lines) // 3 + (len(both) - len(lines) // 3) // 2
+    again.write_text("".join(both[:keep]))
+
+    from rlm.replay import describe_point, load_resume_point
+
+    point = load_resume_point(again)
+    places = [c.request.metadata["rlm.call_path"] for c in point.calls]
+    # The second attempt's replayed calls are not counted (or served) twice.
+    assert len(places) == len(set(places)) and point.attempts == 2
+    assert f"after {len(places)} recorded model call(s) over 2 attempt(s)" in (
+        describe_point(point)
+    )
+    live = FunctionModel(reply, name="m")
+    resumed = rlm.resume(again, context=CONTEXT, model=live, repl="inprocess")
+    assert resumed.answer == whole.answer and resumed.sub_calls == whole.sub_calls
+    assert not {request_key(r) for r in live.calls} & set(recorded_keys(again))
+    assert resumed.resumed is not None and resumed.resumed.replayed_calls == len(places)
+
+
+def test_a_run_ended_by_a_provider_failure_resumes_by_asking_again(
+    tmp_path: Path, full: tuple[Path, rlm.RLMResult]
+) -> None:
+    from rlm.errors import ProviderUnavailableError
+
+    _, whole = full
+    path = tmp_path / "failed.jsonl"
+
+    def down_at_turn_4(request: ModelRequest) -> str:
+        root = request.purpose == "root" and request.metadata.get("rlm.depth") == "0"
+        if root and len(request.messages) >= 8:
+            raise ProviderUnavailableError("overloaded", model="m")
+        return reply(request)
+
+    with pytest.raises(ProviderUnavailableError), TrajectoryRecorder(path) as recorder:
+        rlm.run(
+            "Sum it",
+            CONTEXT,
+            model=FunctionModel(down_at_turn_4, name="m"),
+            max_depth=2,
+            repl="inprocess",
+            on_event=recorder,
+        )
+    live = FunctionModel(reply, name="m")
+    resumed = rlm.resume(path, context=CONTEXT, model=live, repl="inprocess")
+    assert resumed.answer == whole.answer
+    # The failed request is asked again (it never had an answer); nothing else is.
+    assert [len(r.messages) for r in live.calls] == [8]

@@ -73,7 +73,9 @@ class TrajectoryRecorder:
     Args:
         path: the file to write. It is created (with missing parent directories) at once,
             so a bad path fails here rather than in the middle of a run.
-        append: add to an existing file instead of replacing it.
+        append: add to an existing file instead of replacing it. A last line the file
+            ends in the middle of (the writer was killed while writing it) is removed
+            first, so the lines added after it stay readable.
         fsync: also ask the OS to put each line on disk (slower; survives a power cut,
             not just a crash).
 
@@ -90,6 +92,8 @@ class TrajectoryRecorder:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if append:
+                _drop_cut_off_line(self.path)
             self._file: IO[str] | None = open(  # noqa: SIM115 - closed by close()
                 self.path, "a" if append else "w", encoding="utf-8", newline="\n"
             )
@@ -160,6 +164,33 @@ class TrajectoryRecorder:
 
     def __repr__(self) -> str:
         return f"TrajectoryRecorder({str(self.path)!r}, events_written={self.events_written})"
+
+
+def _drop_cut_off_line(path: Path) -> None:
+    """Cut a file that does not end in a newline back to its last whole line."""
+    try:
+        file = open(path, "r+b")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with file:
+        end = file.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        file.seek(end - 1)
+        if file.read(1) == b"\n":
+            return
+        # Look back block by block: a cut-off line may be long (a whole request).
+        position = end
+        while position > 0:
+            start = max(0, position - 65_536)
+            file.seek(start)
+            block = file.read(position - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                file.truncate(start + newline + 1)
+                return
+            position = start
+        file.truncate(0)
 
 
 # -- the rebuilt tree ---------------------------------------------------------------------
