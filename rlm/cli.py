@@ -144,6 +144,7 @@ def _resumed_part(info: ResumeInfo) -> str:
     return (
         f" · resumed: {info.replayed_calls} call{'s' if info.replayed_calls != 1 else ''}"
         f" replayed, {info.live_calls} live"
+        + (f", {info.replayed_tool_calls} tool calls replayed" if info.replayed_tool_calls else "")
         + (f", {differences} difference{'s' if differences != 1 else ''}" if differences else "")
     )
 

@@ -196,12 +196,10 @@ def test_resume_takes_the_query_model_and_limits_from_the_recording_and_appends(
     assert code == 0
     result = json.loads(out)
     assert result["answer"] == whole["answer"] and result["iterations"] == whole["iterations"]
-    assert result["resumed"] == {
-        "trajectory": str(trajectory),
-        "replayed_calls": 3 + 5,  # three turns and the batch
-        "live_calls": 2,  # the turn in flight at the cut, and the last
-        "differences": [],
-    }
+    resumed = result["resumed"]
+    assert resumed["trajectory"] == str(trajectory) and resumed["differences"] == []
+    assert resumed["replayed_calls"] == 3 + 5  # three turns and the batch
+    assert resumed["live_calls"] == 2  # the turn in flight at the cut, and the last
     assert err.startswith(f"resuming {trajectory}: the run stopped before its end after 8 ")
     assert "its last line was cut off" in err.splitlines()[0]
     assert [r.model for r in quick.requests[before:]] == ["gpt-4o-mini"] * 2
