@@ -23,7 +23,6 @@ Nothing here imports more than the standard library at import time.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 # Where the scratch folder appears inside the sandbox.
 SANDBOX_SCRATCH = "/tmp"
@@ -255,12 +255,15 @@ def command(
 
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
-def _c() -> ctypes.CDLL:
+def _c() -> Any:
+    """The C library (ctypes is loaded only when a root host mounts a scratch folder)."""
     global _libc
     if _libc is None:
+        import ctypes
+
         _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 

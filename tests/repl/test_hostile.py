@@ -588,3 +588,43 @@ def test_issue_cases_as_an_unprivileged_user(isolation: str) -> None:
     if isolation == "bwrap":
         assert "inet DENIED" in done.stdout and "disk DENIED" in done.stdout
     assert KILLED in done.stdout and fake not in done.stdout
+
+
+def test_system_calls_a_repl_never_needs_fail(isolation: str) -> None:
+    if isolation != "bwrap":
+        pytest.skip("the seccomp filter is part of the bwrap sandbox")
+    block = (
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "def errno_of(result):\n    return ctypes.get_errno() if result != 0 else 0\n"
+        "print('unshare', errno_of(libc.unshare(0x10000000)))\n"  # CLONE_NEWUSER
+        "print('ptrace', errno_of(libc.ptrace(0, 0, 0, 0)))\n"  # PTRACE_TRACEME
+        "print('mount', errno_of(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)))\n"
+        "print('keyctl', errno_of(libc.syscall(250, 0, 0, 0, 0)))\n"  # x86-64 keyctl
+        "import threading, subprocess\nt = threading.Thread(target=len, args=('x',))\n"
+        "t.start()\nt.join()\nprint('threads fine')\n"  # clone() without namespace flags
+        "print(subprocess.run(['true']).returncode == 0 and 'processes fine')"
+    )
+    (told,) = run_hostile(isolation, block)
+    assert "unshare 1" in told and "ptrace 1" in told and "mount 1" in told  # EPERM
+    if os.uname().machine == "x86_64":
+        assert "keyctl 1" in told
+    assert "threads fine" in told and "processes fine" in told
+
+
+def test_the_seccomp_program_is_cached_for_this_user_only(
+    isolation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if isolation != "bwrap":
+        pytest.skip("the seccomp filter is part of the bwrap sandbox")
+    from rlm.repl import seccomp
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(seccomp, "_program", None)
+    built = seccomp.program()
+    cached = seccomp._cache_file()
+    assert cached is not None and cached.read_bytes() == built
+    assert cached.stat().st_mode & 0o777 == 0o600
+    cached.write_bytes(b"\0" * 8)  # tampered: but only this user could write it
+    cached.chmod(0o666)  # ... and now anybody could: not used
+    monkeypatch.setattr(seccomp, "_program", None)
+    assert seccomp.program() == built
