@@ -229,14 +229,16 @@ def command(
     for path in ETC_FILES:
         if os.path.exists(path):
             args += ["--ro-bind", path, path]
-    for path in runtime_paths(rlm_dir, hide):
-        args += ["--ro-bind", path, path]
     args += ["--dev", "/dev"]
     if scratch_mounted:
         args += ["--bind", scratch, SANDBOX_SCRATCH, "--bind", scratch, "/dev/shm"]
     else:
         args += ["--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", SANDBOX_SCRATCH]
         args += ["--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
+    # After the scratch folder: a runtime under /tmp (a Ray worker's environment, say)
+    # is bound over it, read-only, instead of being hidden by it.
+    for path in runtime_paths(rlm_dir, hide):
+        args += ["--ro-bind", path, path]
     args += ["--remount-ro", "/dev", "--proc", "/proc"]
     for path in PROC_READ_ONLY:
         if os.path.exists(path):
