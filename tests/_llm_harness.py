@@ -1,5 +1,6 @@
-"""One scripted "brain" behind three models: `FunctionModel`, and the real OpenAI and
-Anthropic SDK adapters talking to `FakeLLMServer` on 127.0.0.1.
+"""One scripted "brain" behind four models: `FunctionModel`, and the real OpenAI (Chat
+Completions and Responses) and Anthropic SDK adapters talking to `FakeLLMServer` on
+127.0.0.1.
 
 A brain is a function of `Seen` (the text of a request, and of its last message) that
 returns the reply text, so one scenario runs unchanged through every path.
@@ -11,7 +12,6 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -22,6 +22,7 @@ from rlm.testing.server import FakeLLMServer, RecordedRequest
 MODEL_KINDS = [
     pytest.param("scripted", id="scripted"),
     pytest.param("openai", id="openai-sdk"),
+    pytest.param("responses", id="openai-responses-sdk"),
     pytest.param("anthropic", id="anthropic-sdk"),
 ]
 REPLS = [pytest.param("inprocess", id="inprocess"), pytest.param("subprocess", id="sandbox")]
@@ -38,25 +39,10 @@ class Seen:
 Brain = Callable[[Seen], str | Awaitable[str]]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        # Message text only: not roles, block types or cache markers.
-        for key in ("system", "messages", "content", "text"):
-            yield from _strings(value.get(key))
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
 def seen_by_sdk(request: RecordedRequest) -> Seen:
-    body = request.json
-    messages = body.get("messages", [])
-    return Seen(
-        text="\n".join(_strings(body)),
-        last="\n".join(_strings(messages[-1].get("content"))) if messages else "",
-    )
+    view = request.view
+    texts = [view.system, *(m.text for m in view.messages)]
+    return Seen(text="\n".join(texts), last=view.messages[-1].text if view.messages else "")
 
 
 def seen_by_model(request: ModelRequest) -> Seen:
@@ -96,10 +82,13 @@ def harness(kind: str, brain: Brain) -> Iterator[Harness]:
 
     with FakeLLMServer(handler=handle) as server:
         model: Model
-        if kind == "openai":
+        if kind in ("openai", "responses"):
             from rlm.providers.openai import OpenAIModel
 
-            model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url, api_key="k")
+            api = "responses" if kind == "responses" else "chat"
+            model = OpenAIModel(
+                "gpt-4o-mini", base_url=server.openai_base_url, api_key="k", api=api
+            )
         else:
             from rlm.providers.anthropic import AnthropicModel
 
