@@ -28,9 +28,7 @@ is used only when it belongs to this user and nobody else can write it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import platform
 import socket
 import tempfile
 import threading
@@ -127,9 +125,10 @@ def _cache_file() -> Path | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(base):
         return None
-    rules = repr((DENIED, NAMESPACE_FLAGS, platform.machine(), socket.AF_UNIX, 1))
-    key = hashlib.sha256(rules.encode()).hexdigest()[:16]
-    return Path(base) / "rlm" / f"seccomp-{key}.bpf"
+    import zlib  # built in; hashlib would load OpenSSL for a cache key
+
+    rules = repr((DENIED, NAMESPACE_FLAGS, os.uname().machine, socket.AF_UNIX, 1))
+    return Path(base) / "rlm" / f"seccomp-{zlib.crc32(rules.encode()):08x}.bpf"
 
 
 def _read_cached(path: Path) -> bytes | None:
