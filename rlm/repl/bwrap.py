@@ -1,9 +1,10 @@
 """The bubblewrap sandbox around a `SubprocessRepl` worker: least privilege inside.
 
 - **Who**: its own user namespace, as uid/gid 65534 also when the host is root, with no
-  capabilities, no further user namespaces (`--disable-userns`) and the seccomp filter
-  of `rlm.repl.seccomp`. Run by root, bwrap maps uid 65534 back to root outside, so the
-  worker is still root to files it can see: hence the rest of this list.
+  capabilities and the seccomp filter of `rlm.repl.seccomp` (which also refuses further
+  namespaces; bwrap's `--disable-userns` would need bwrap 0.8). Run by root, bwrap maps
+  uid 65534 back to root outside, so the worker is still root to files it can see:
+  hence the rest of this list.
 - **What it sees**: only what the worker needs, read-only: the system's programs and
   libraries (`/usr`, `/bin`, `/lib*`), the few files of `/etc` the dynamic linker and
   the time zone need, the Python runtime (its prefixes) and the `site-packages` folders
@@ -210,7 +211,6 @@ def command(
         str(SANDBOX_UID),
         "--gid",
         str(SANDBOX_UID),
-        "--disable-userns",
         "--unshare-net",
         "--unshare-pid",
         "--unshare-ipc",
