@@ -4,6 +4,7 @@
 $ rlm demo                                    # offline, scripted model, no key needed
 $ rlm run "What is the total salary of Engineering?" --context staff.txt \\
       --model openai/gpt-4o-mini --trajectory run.jsonl
+$ rlm run --resume run.jsonl --context staff.txt      # a killed run goes on where it stopped
 $ rlm eval salary --model openai/gpt-4o-mini --sizes 1000 10000 --direct
 $ rlm view run.jsonl                          # writes run.html
 ```
