@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 
@@ -396,9 +397,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     context, described = load_context(args.context)
     budget = _budget(args)
     schema = load_output_schema(args.output_schema) if args.output_schema else None
+    sub_model: str | None = args.sub_model or (
+        _recorded_sub_model(point) if point is not None else None
+    )
     engine = RLM(
         model,
-        args.sub_model,
+        sub_model,
         max_iterations=_recorded_or(args.max_iterations, point, "max_iterations", 20),
         max_depth=_recorded_or(args.max_depth, point, "max_depth", 1),
         max_concurrency=args.max_concurrency,
@@ -477,6 +481,16 @@ def _recorded_or(given: int | None, point: ResumePoint | None, name: str, defaul
     if point is not None:
         return int(getattr(point.started, name))
     return default
+
+
+def _recorded_sub_model(point: ResumePoint) -> str | None:
+    """The resumed run's sub-model as a model string, when it had its own: the recording
+    names it without a provider, so the root model's is assumed (`--sub-model` says
+    otherwise)."""
+    started = point.started
+    if started.sub_model == started.model:
+        return None
+    return point.model_string_of(replace(started, model=started.sub_model))
 
 
 def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -665,8 +679,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 def _add_run_limits(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
     """The options `run` and `eval` share. With `recorded` (`rlm run`), the two limits a
     resume takes from the recording default to None (`cmd_run` fills them in)."""
-    parser.add_argument("--sub-model", help="model behind llm_query (default: --model)")
     resumed = "; with --resume: the recorded value" if recorded else ""
+    parser.add_argument("--sub-model", help=f"model behind llm_query (default: --model{resumed})")
     parser.add_argument(
         "--max-iterations", type=int, default=None if recorded else 20, metavar="N",
         help=f"model turns (default 20{resumed})",

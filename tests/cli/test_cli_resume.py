@@ -176,7 +176,7 @@ def cut_before_turn(path: Path, turn: int) -> None:
     path.write_text("".join(lines[: root_starts[turn - 1] + 1]) + '{"kind":"model_ca')
 
 
-def test_resume_takes_the_query_model_and_limits_from_the_recording_and_appends(
+def test_resume_takes_the_query_models_and_limits_from_the_recording_and_appends(
     quick: FakeLLMServer, tmp_path: Path, context_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from rlm.cli import main
@@ -184,10 +184,10 @@ def test_resume_takes_the_query_model_and_limits_from_the_recording_and_appends(
 
     trajectory = tmp_path / "run.jsonl"
     run = ["run", QUERY, "-c", str(context_file), "-m", "openai/gpt-4o-mini", "-q", "--json"]
-    limits = ["--max-iterations", "7", "--max-depth", "2", "--repl", "inprocess"]
-    assert main([*run, *limits, "-t", str(trajectory)]) == 0
+    options = ["--sub-model", "openai/gpt-4o", "--max-iterations", "7", "--max-depth", "2"]
+    assert main([*run, *options, "--repl", "inprocess", "-t", str(trajectory)]) == 0
     whole = json.loads(capsys.readouterr().out)
-    cut_before_turn(trajectory, 4)
+    cut_before_turn(trajectory, 3)
     before = len(quick.requests)
 
     code = main(["run", "--resume", str(trajectory), "-c", str(context_file), "--repl",
@@ -198,11 +198,13 @@ def test_resume_takes_the_query_model_and_limits_from_the_recording_and_appends(
     assert result["answer"] == whole["answer"] and result["iterations"] == whole["iterations"]
     resumed = result["resumed"]
     assert resumed["trajectory"] == str(trajectory) and resumed["differences"] == []
-    assert resumed["replayed_calls"] == 3 + 5  # three turns and the batch
-    assert resumed["live_calls"] == 2  # the turn in flight at the cut, and the last
-    assert err.startswith(f"resuming {trajectory}: the run stopped before its end after 8 ")
+    assert resumed["replayed_calls"] == 2  # two turns
+    assert resumed["live_calls"] == 3 + 5  # the turn in flight at the cut, two more, a batch
+    assert err.startswith(f"resuming {trajectory}: the run stopped before its end after 2 ")
     assert "its last line was cut off" in err.splitlines()[0]
-    assert [r.model for r in quick.requests[before:]] == ["gpt-4o-mini"] * 2
+    # The recorded models: the root's for the turns, the sub-model for the batch.
+    models = Counter(r.model for r in quick.requests[before:])
+    assert models == {"gpt-4o-mini": 3, "gpt-4o": 5}
     # The resumed run was appended to the file it resumed, with the recorded limits.
     runs = load_trajectory(trajectory).runs
     assert len(runs) == 2 and runs[1].status == "finished"
