@@ -46,6 +46,7 @@ from rlm.providers.pricing import Price, set_price
 from rlm.providers.registry import register_provider, resolve_model
 from rlm.result import CodeExecution, Iteration, ResumeInfo, RLMResult, StopReason
 from rlm.session import Session
+from rlm.streaming import EventStream
 from rlm.tools import Tool
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ __all__ = [
     "ConfigurationError",
     "Event",
     "EventBus",
+    "EventStream",
     "Iteration",
     "Ledger",
     "Message",

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from rlm.budget import Budget, SharedLedger
 from rlm.compaction import DEFAULT_COMPACTION_THRESHOLD
 from rlm.engine import RLM, ReplSpec, ToolsSpec
-from rlm.events import Event, OnEvent
+from rlm.events import OnEvent
 from rlm.providers.base import Model
 from rlm.result import RLMResult
 from rlm.strategies.parsing import ParsingStrategy
 from rlm.strategies.termination import TerminationStrategy
+from rlm.streaming import EventStream
 
 
 def _engine(
@@ -150,7 +151,7 @@ async def arun(
     return await engine.arun(query, context, on_event=on_event, ledger=ledger)
 
 
-async def stream(
+def stream(
     query: str,
     context: object,
     model: str | Model,
@@ -172,8 +173,11 @@ async def stream(
     sub_tools: ToolsSpec = None,
     output_type: Any = None,
     ledger: SharedLedger | None = None,
-) -> AsyncIterator[Event]:
-    """Events of a run as they happen, ending with `RunFinished`: see `RLM.stream`."""
+) -> EventStream:
+    """Events of a run as they happen, ending with `RunFinished`: see `EventStream`.
+
+    Leaving the `async for` loop early cancels the run.
+    """
     engine = _engine(
         model,
         sub_model,
@@ -192,8 +196,7 @@ async def stream(
         sub_tools,
         output_type,
     )
-    async for event in engine.stream(query, context, on_event=on_event, ledger=ledger):
-        yield event
+    return engine.stream(query, context, on_event=on_event, ledger=ledger)
 
 
 def _resume_engine(

@@ -7,15 +7,15 @@ The engine knows the protocols (`Model`, `Repl`, `ParsingStrategy`,
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from rlm import prompts
+from rlm._sync import run_blocking
 from rlm.budget import Budget, Ledger, SharedLedger
 from rlm.compaction import (
     DEFAULT_COMPACTION_THRESHOLD,
@@ -50,7 +50,6 @@ from rlm.events import (
     as_subscribers,
     clip,
     new_id,
-    stream_events,
 )
 from rlm.fingerprint import context_fingerprint
 from rlm.output import UNTYPED, Answer, FinalValue, InvalidOutput, OutputSpec
@@ -82,6 +81,7 @@ from rlm.strategies.termination import (
     TerminationStrategy,
     default_termination,
 )
+from rlm.streaming import EventStream
 from rlm.subcalls import CHILD_QUERY, SubcallRouter, window_chars
 from rlm.tools import RecordedTools, Tool, ToolDispatch, as_tools
 
@@ -383,30 +383,23 @@ class RLM:
         output_type: Any = None,
         ledger: SharedLedger | None = None,
     ) -> RLMResult:
-        """Blocking `arun`. Works inside a running event loop too (it uses a thread)."""
+        """Blocking `arun`. Works inside a running event loop too (it uses a thread).
 
-        def blocking() -> RLMResult:
-            return asyncio.run(
-                self.arun(
-                    query,
-                    context,
-                    on_event=on_event,
-                    budget=budget,
-                    output_type=output_type,
-                    ledger=ledger,
-                )
+        Ctrl-C cancels the run (it ends with `stop_reason="cancelled"`, the REPL closed)
+        and then reaches the caller as KeyboardInterrupt, in both cases.
+        """
+        return run_blocking(
+            lambda: self.arun(
+                query,
+                context,
+                on_event=on_event,
+                budget=budget,
+                output_type=output_type,
+                ledger=ledger,
             )
+        )
 
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return blocking()
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-run") as pool:
-            # Threads do not inherit contextvars: carry the caller's (current span,
-            # structlog bindings) into the run.
-            return pool.submit(contextvars.copy_context().run, blocking).result()
-
-    async def stream(
+    def stream(
         self,
         query: str,
         context: object,
@@ -415,24 +408,24 @@ class RLM:
         budget: Budget | None = None,
         output_type: Any = None,
         ledger: SharedLedger | None = None,
-    ) -> AsyncIterator[Event]:
-        """Events as they happen, ending with the root's `RunFinished`.
+    ) -> EventStream:
+        """Events as they happen, ending with the root's `RunFinished` (see `EventStream`).
 
         If the run fails, the `RunFailed` event is yielded and then the error is raised.
-        Leaving the loop early cancels the run.
+        Leaving the `async for` loop early cancels the run, even while the stream object
+        is still referenced; `contextlib.aclosing` also waits for its cleanup.
         """
-        events = stream_events(
-            lambda listen: self.arun(
+        subscribers = as_subscribers(on_event)
+        return EventStream(
+            lambda put: self.arun(
                 query,
                 context,
-                on_event=[listen, *as_subscribers(on_event)],
+                on_event=[put, *subscribers],
                 budget=budget,
                 output_type=output_type,
                 ledger=ledger,
             )
         )
-        async for event in events:
-            yield event
 
     def batch(self, items: Iterable[BatchItem], **options: Any) -> BatchReport:
         """Run many items with this configuration: `rlm.batch` without the model arguments
@@ -579,6 +572,8 @@ class _Run:
         self.subcalls = SubcallRouter(
             self, ToolDispatch(tools, self, shared.tool_slots, self.config.recorded_tools)
         )
+        self.interrupt: BaseException | None = None
+        self.task: asyncio.Task[Any] | None = None
         self.started = time.perf_counter()
         self.compaction = Compaction(
             shared.config.compaction_threshold, self.subcalls.window_tokens(self.model_info)
@@ -607,66 +602,107 @@ class _Run:
     # -- the loop ---------------------------------------------------------------------
 
     async def execute(self) -> RLMResult:
+        """Run the loop; whatever ends it, the REPL is closed and exactly one `RunFinished`
+        or `RunFailed` is emitted before the result is returned or the exception raised."""
+        self.task = asyncio.current_task()
         config = self.config
         info = prompts.describe_context(self.context)
-        await self.emit(
-            RunStarted(
-                **self._base(),
-                query=self.query,
-                model=self.model_info.name,
-                sub_model=config.sub_model.name,
-                provider=self.model_info.provider,
-                max_iterations=config.max_iterations,
-                max_depth=config.max_depth,
-                context_type=info.type_name,
-                context_chars=info.chars,
-                parent_subcall_id=self.parent_subcall_id,
-                context_fingerprint=self.context_fingerprint,
-                model_context_window=self.model_info.context_window,
-                sub_model_context_window=describe_model(config.sub_model).context_window,
-            )
-        )
         repl: Repl | None = None
-        stop: Stop | None = None
-        answer: Answer | None = None
+        ending: Event | None = None
+        ended = False  # normally: a subscriber's BaseException on the ending event may rise
         try:
+            await self.emit(
+                RunStarted(
+                    **self._base(),
+                    query=self.query,
+                    model=self.model_info.name,
+                    sub_model=config.sub_model.name,
+                    provider=self.model_info.provider,
+                    max_iterations=config.max_iterations,
+                    max_depth=config.max_depth,
+                    context_type=info.type_name,
+                    context_chars=info.chars,
+                    parent_subcall_id=self.parent_subcall_id,
+                    context_fingerprint=self.context_fingerprint,
+                    model_context_window=self.model_info.context_window,
+                    sub_model_context_window=describe_model(config.sub_model).context_window,
+                )
+            )
             if self.turn is None:
                 repl = config.repl_factory()
                 await repl.start(self.context, self.subcalls)
             else:
                 self.turn.attach(self.subcalls)
                 repl = self.turn.repl
-            messages = self._opening_messages(info)
-            deadline = self.ledger.remaining_seconds() if self.depth == 0 else None
-            try:
-                async with asyncio.timeout(deadline):
-                    stop, answer = await self._loop(repl, messages)
-                    if stop.ask_for_final and answer is None:
-                        # Inside the deadline: the last reply's code runs too.
-                        answer = await self._ask_for_final(repl, messages)
-            except TimeoutError:
-                stop = Stop("deadline", "the deadline passed", limit="max_seconds")
+            stop, answer = await self._within_deadline(repl, self._opening_messages(info))
+            result = self._result(answer, stop)
+            ending = RunFinished(**self._base(), result=result)
+            ended = True
         except asyncio.CancelledError:
-            deadline_passed = self.ledger.budget.max_seconds is not None and (
-                self.ledger.remaining_seconds() == 0
-            )
-            reason: StopReason = "deadline" if deadline_passed else "cancelled"
-            result = self._result(None, Stop(reason, "the run was cancelled"))
-            await self._finish_quietly(repl, RunFinished(**self._base(), result=result))
-            raise
+            interrupt = self.interrupt
+            if interrupt is None:
+                ending = RunFinished(**self._base(), result=self._cancelled())
+                raise
+            # abort(): not a cancellation but the BaseException that caused it.
+            if self.task is not None:
+                self.task.uncancel()
+            ending = self._failed(interrupt)
+            raise interrupt from interrupt.__cause__
         except Exception as exc:
-            result = self._result(None, Stop("error", str(exc)), error=exc)
-            if isinstance(exc, RLMError) and exc.result is None:
-                exc.result = result
-            await self._finish_quietly(
-                repl, RunFailed(**self._base(), error_type=type(exc).__name__, error=str(exc))
-            )
+            ending = self._failed(exc)
+            if not isinstance(exc, RLMError):
+                raise
+            # A copy: `exc` may be shared (a child run's error, a scripted step), and the
+            # caller must get this run's result, not that of the first run that saw it.
+            error = exc.with_result(self._result(None, Stop("error", str(exc)), error=exc))
+            raise error from exc.__cause__
+        except BaseException as exc:
+            ending = self._failed(exc)
             raise
-        result = self._result(answer, stop)
-        await self._finish_quietly(repl, RunFinished(**self._base(), result=result))
+        finally:
+            await self._finish(repl, ending, quiet=not ended)
         return result
 
-    async def _finish_quietly(self, repl: Repl | None, event: Event) -> None:
+    def _failed(self, exc: BaseException) -> RunFailed:
+        return RunFailed(**self._base(), error_type=type(exc).__name__, error=str(exc))
+
+    def _cancelled(self) -> RLMResult:
+        deadline_passed = self.ledger.budget.max_seconds is not None and (
+            self.ledger.remaining_seconds() == 0
+        )
+        reason: StopReason = "deadline" if deadline_passed else "cancelled"
+        return self._result(None, Stop(reason, "the run was cancelled"))
+
+    def abort(self, exc: BaseException) -> None:
+        """End the run with `exc`, a BaseException (KeyboardInterrupt, SystemExit...) that
+        a sub-call's model or a subscriber raised on another task: the run's task is
+        cancelled, and `execute` raises `exc` instead of the cancellation."""
+        if self.interrupt is None:
+            self.interrupt = exc
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+
+    async def _within_deadline(
+        self, repl: Repl, messages: list[Message]
+    ) -> tuple[Stop, Answer | None]:
+        deadline = self.ledger.remaining_seconds() if self.depth == 0 else None
+        scope = asyncio.timeout(deadline)
+        try:
+            async with scope:
+                stop, answer = await self._loop(repl, messages)
+                if stop.ask_for_final and answer is None:
+                    # Inside the deadline: the last reply's code runs too.
+                    answer = await self._ask_for_final(repl, messages)
+                return stop, answer
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the model's own TimeoutError: an error, not the deadline
+            return Stop("deadline", "the deadline passed", limit="max_seconds"), None
+
+    async def _finish(self, repl: Repl | None, ending: Event | None, *, quiet: bool) -> None:
+        """Close the REPL, cancel sub-calls still running, then emit `ending`. With `quiet`
+        (an exception is on its way out), a subscriber's exception on `ending` does not
+        replace it."""
         try:
             if self.turn is not None:
                 self.turn.attach(None)  # the session's REPL stays open for the next turn
@@ -674,7 +710,12 @@ class _Run:
                 await repl.close()
             await self.subcalls.cancel_pending()
         finally:
-            await self.emit(event)
+            if ending is not None:
+                if quiet:
+                    with contextlib.suppress(BaseException):
+                        await self.emit(ending)
+                else:
+                    await self.emit(ending)
 
     def _opening_messages(self, info: prompts.ContextInfo) -> list[Message]:
         sub_info = describe_model(self.config.sub_model)
@@ -1053,7 +1094,7 @@ class _Run:
             started = time.perf_counter()
             try:
                 response = await model.complete(request)
-            except Exception as exc:
+            except (Exception, KeyboardInterrupt, SystemExit) as exc:
                 await self.emit(
                     finished(
                         latency_s=time.perf_counter() - started,

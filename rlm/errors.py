@@ -27,7 +27,7 @@ Every message says what to do next.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
     from rlm.result import RLMResult
@@ -41,6 +41,15 @@ class RLMError(Exception):
     """
 
     result: RLMResult | None = None
+
+    def with_result(self, result: RLMResult) -> Self:
+        """A copy of this error carrying `result`. This one is left as it is: it may be
+        shared (a child run's error re-raised by its parent, a scripted step raised twice)."""
+        copy = type(self).__new__(type(self), *self.args)
+        copy.__dict__.update(self.__dict__)
+        copy.result = result
+        copy.__traceback__ = self.__traceback__
+        return copy
 
 
 class ConfigurationError(RLMError, ValueError):

@@ -21,13 +21,12 @@ them; the trajectory file stores each distinct message once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -401,38 +400,15 @@ def as_subscribers(on_event: OnEvent) -> list[Subscriber]:
     return subscribers
 
 
-async def stream_events(
-    start: Callable[[Subscriber], Awaitable[object]],
-) -> AsyncIterator[Event]:
-    """The events of the run `start(listener)` begins, as they happen.
-
-    `start` gets a subscriber to attach to the run. When the run fails, its last event
-    (`RunFailed`) is yielded and then its error raised; leaving the loop early cancels it.
-    """
-    queue: asyncio.Queue[Event | None] = asyncio.Queue()
-    task = asyncio.ensure_future(start(queue.put_nowait))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
-    try:
-        while True:
-            event = await queue.get()
-            if event is None:
-                break
-            yield event
-        task.result()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
 class EventBus:
     """Delivers events to subscribers in the order they were emitted.
 
     A subscriber is a plain callable or an async one; async subscribers are awaited
     before the next event is delivered, so a slow one slows the run (hand work to a queue
-    if that matters). A subscriber that raises is logged on the "rlm" logger and never
-    breaks the run.
+    if that matters). A subscriber that raises an `Exception` is logged on the "rlm"
+    logger and never breaks the run; one that raises KeyboardInterrupt, SystemExit or
+    another `BaseException` ends the run (closed, with its `RunFailed`) and the exception
+    reaches the caller.
     """
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
@@ -461,7 +437,13 @@ class EventBus:
         return bool(self._subs)
 
     async def emit(self, event: Event) -> None:
-        """Deliver `event` to every matching subscriber."""
+        """Deliver `event` to every matching subscriber.
+
+        A subscriber raising a `BaseException` that is not an `Exception`
+        (KeyboardInterrupt, SystemExit...) does not keep the event from the others: it
+        is raised once every subscriber has the event, and ends the run.
+        """
+        interrupt: BaseException | None = None
         for subscriber, kinds in list(self._subs):
             if kinds is not None and event.kind not in kinds:
                 continue
@@ -476,3 +458,9 @@ class EventBus:
                     event.kind,
                     exc_info=True,
                 )
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -37,10 +37,11 @@ from rlm import prompts
 from rlm.budget import Budget, ModelUsage
 from rlm.engine import RLM
 from rlm.errors import ConfigurationError, RLMError, SessionError
-from rlm.events import Event, OnEvent, as_subscribers, new_id, stream_events
+from rlm.events import OnEvent, as_subscribers, new_id
 from rlm.providers.base import Model, Usage
 from rlm.repl.base import LLMQueryError, MultiContextRepl, Repl, ReplHost, ToolError, ToolStub
 from rlm.result import RLMResult
+from rlm.streaming import EventStream
 
 T = TypeVar("T")
 
@@ -270,7 +271,7 @@ class Session:
             )
         )
 
-    async def stream(
+    def stream(
         self,
         query: str,
         *,
@@ -278,19 +279,19 @@ class Session:
         on_event: OnEvent = None,
         budget: Budget | None = None,
         output_type: Any = None,
-    ) -> AsyncIterator[Event]:
-        """The events of one turn as they happen, ending with its `RunFinished`."""
-        events = stream_events(
+    ) -> EventStream:
+        """The events of one turn as they happen, ending with its `RunFinished`; leaving
+        the `async for` loop early cancels the turn (see `EventStream`)."""
+        subscribers = as_subscribers(on_event)
+        return EventStream(
             lambda listen: self.arun(
                 query,
                 context=context,
-                on_event=[listen, *as_subscribers(on_event)],
+                on_event=[listen, *subscribers],
                 budget=budget,
                 output_type=output_type,
             )
         )
-        async for event in events:
-            yield event
 
     async def _turn(
         self,

@@ -126,6 +126,8 @@ class SubcallOwner(Protocol):
 
     def child(self, prompt: str, model: Model, subcall_id: str, path: str) -> ChildRun: ...
 
+    def abort(self, exc: BaseException) -> None: ...
+
 
 class SubcallRouter:
     """The `ReplHost` of one run: every sub-call and tool call its code makes goes
@@ -209,8 +211,19 @@ class SubcallRouter:
         # every sub-call at once, which would put a task, an event and a queued slot
         # waiter per prompt ahead of the first request, and show sub-calls in telemetry
         # as started while they wait.
-        workers = min(len(items), self.run.config.max_concurrency)
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        tasks = [
+            asyncio.ensure_future(worker())
+            for _ in range(min(len(items), self.run.config.max_concurrency))
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # Whatever ends the batch early, nothing of it goes on (and is paid for)
+            # after the code has moved on.
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
         return replies
 
     def _sub_model(self, name: str | None) -> Model:
@@ -235,6 +248,24 @@ class SubcallRouter:
         recursive: bool,
         batch: tuple[int, int] | None = None,
         slot: str = "s0",
+    ) -> str:
+        try:
+            return await self._route(prompt, model_name, recursive, batch, slot)
+        except (LLMQueryError, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt & co. from a model or a subscriber, on a task of the REPL's:
+            # raised there it would escape to the event loop. The run raises it instead.
+            self.run.abort(exc)
+            raise LLMQueryError(f"{type(exc).__name__}: {exc}") from None
+
+    async def _route(
+        self,
+        prompt: str,
+        model_name: str | None,
+        recursive: bool,
+        batch: tuple[int, int] | None,
+        slot: str,
     ) -> str:
         run = self.run
         model = self._sub_model(model_name)
@@ -307,6 +338,12 @@ class SubcallRouter:
             run.fatal = run.fatal or exc
             error = f"{type(exc).__name__}: {exc}"
             raise LLMQueryError(error) from None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise LLMQueryError(error) from None
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             await run.emit(
                 SubcallFinished(

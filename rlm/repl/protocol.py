@@ -23,6 +23,7 @@ later contexts (`context_1`, ...) are `load`s with their own name, added beside 
 | worker -> host | `call` | `id`, `fn`, `prompt` or `prompts`, `model` (a sub-call) |
 | worker -> host | `call` | `id`, `fn="tool"`, `name`, `args` (list), `kwargs` (object) |
 | host -> worker | `reply` | `id`, `ok`, `value` or `error` |
+| worker -> host | `cancel` | `id` (the code stopped waiting for that call's reply) |
 | host -> worker | `interrupt` | `id` (the block hit its time limit) |
 | worker -> host | `done` | `id`, `stdout`, `stderr`, `*_chars`, `error`, `final`, `final_json` |
 | host -> worker | `lookup` | `name` |

@@ -147,6 +147,8 @@ def _check_message(message: object, limits: ReplLimits) -> dict[str, Any]:
                 raise _WorkerGone("a batched call with a prompt that is not text", protocol=True)
         else:
             need("prompt", str)
+    elif op == "cancel":
+        need("id", int)
     elif op == "lookup_result":
         need("value", _STR_OR_NONE)
         need("error", _STR_OR_NONE)
@@ -192,7 +194,7 @@ class _Connection:
         self._streaming = False
         self.gone: _WorkerGone | None = None
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.calls: set[asyncio.Task[None]] = set()
+        self.calls: dict[int, asyncio.Task[None]] = {}
         half = max(1, limits.output_chars // 2)
         self._half = half
         self.fd_stdout = OutputBuffer(half, half)
@@ -305,10 +307,18 @@ class _Connection:
                     f"more than {self.limits.max_pending_calls:,} sub-calls at once "
                     "(max_pending_calls)",
                 )
+            call_id = message["id"]
+            if call_id in self.calls:
+                raise _WorkerGone(f"a second call with id {call_id}", protocol=True)
             self._held += size
             task = self.loop.create_task(self._serve_call(message))
-            self.calls.add(task)
-            task.add_done_callback(functools.partial(self._call_done, size))
+            self.calls[call_id] = task
+            task.add_done_callback(functools.partial(self._call_done, call_id, size))
+            return
+        if op == "cancel":
+            call = self.calls.get(message["id"])
+            if call is not None:
+                call.cancel()
             return
         key = {"loaded": "load", "load_failed": "load", "done": "exec"}.get(op, op)
         if op == "done":
@@ -317,8 +327,8 @@ class _Connection:
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
 
-    def _call_done(self, size: int, task: asyncio.Task[None]) -> None:
-        self.calls.discard(task)
+    def _call_done(self, call_id: int, size: int, task: asyncio.Task[None]) -> None:
+        self.calls.pop(call_id, None)
         self._held -= size
 
     async def _serve_call(self, message: dict[str, Any]) -> None:
@@ -352,7 +362,7 @@ class _Connection:
             # Stop it at once: it holds nothing the run can still use.
             self._inbox.clear()
             self.process.send_kill()
-            for task in self.calls:
+            for task in self.calls.values():
                 task.cancel()
         for waiter in self.waiters.values():
             if not waiter.done():
@@ -457,7 +467,7 @@ class _Connection:
         self.waiters.clear()
         self.detach()
         self.process.send_kill()
-        calls = list(self.calls)
+        calls = list(self.calls.values())
         for task in calls:
             task.cancel()
         if calls:

@@ -158,9 +158,11 @@ def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
         slot = _Slot()
         with state.pending_lock:
             state.pending[call_id] = slot
+        sent = False
         try:
             try:
                 state.send({"op": "call", "id": call_id, "fn": fn, **payload})
+                sent = True
             except _TooLarge as exc:
                 raise error(
                     f"{shown}(): the request is too large to send ({exc}); send less"
@@ -168,7 +170,12 @@ def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
             slot.event.wait()
         finally:
             with state.pending_lock:
-                state.pending.pop(call_id, None)
+                abandoned = state.pending.pop(call_id, None) is not None
+            if abandoned and sent:
+                # The code moved on without the reply (interrupted at its time limit):
+                # the host stops the call rather than paying for an answer nobody reads.
+                with contextlib.suppress(Exception):
+                    state.send({"op": "cancel", "id": call_id})
         reply = slot.message
         assert reply is not None
         if reply.get("ok"):

@@ -448,7 +448,14 @@ class Pool:
             # A spare is being started: it is further along than a new one would be.
             self._want_more(config)
             await asyncio.wait([asyncio.wrap_future(f) for f in starting[:1]])
-        process = await asyncio.wrap_future(self.spawner.submit(lambda: spawn(config)))
+        job = self.spawner.submit(lambda: spawn(config))
+        try:
+            process = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # The spawn job may be running already and cannot be stopped: the worker it
+            # starts is nobody's, so it is disposed of as soon as it exists.
+            job.add_done_callback(_dispose_unclaimed)
+            raise
         return process, False
 
     def _want_more(self, config: SpawnConfig) -> None:
@@ -498,6 +505,11 @@ class Pool:
             self._idle.clear()
         for process in idle:
             process.dispose()
+
+
+def _dispose_unclaimed(job: concurrent.futures.Future[WorkerProcess]) -> None:
+    if not job.cancelled() and job.exception() is None:
+        reaper.submit(job.result().dispose)
 
 
 def _booted(process: WorkerProcess) -> bool:
