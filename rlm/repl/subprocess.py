@@ -194,7 +194,10 @@ class _Connection:
         self._streaming = False
         self.gone: _WorkerGone | None = None
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.calls: dict[int, asyncio.Task[None]] = {}
+        self.calls: set[asyncio.Task[None]] = set()
+        # The call each id names, for a `cancel` from the worker (an untrusted worker may
+        # reuse an id: it can then cancel only the latest call of that id).
+        self.call_ids: dict[int, asyncio.Task[None]] = {}
         half = max(1, limits.output_chars // 2)
         self._half = half
         self.fd_stdout = OutputBuffer(half, half)
@@ -307,16 +310,14 @@ class _Connection:
                     f"more than {self.limits.max_pending_calls:,} sub-calls at once "
                     "(max_pending_calls)",
                 )
-            call_id = message["id"]
-            if call_id in self.calls:
-                raise _WorkerGone(f"a second call with id {call_id}", protocol=True)
             self._held += size
             task = self.loop.create_task(self._serve_call(message))
-            self.calls[call_id] = task
-            task.add_done_callback(functools.partial(self._call_done, call_id, size))
+            self.calls.add(task)
+            self.call_ids[message["id"]] = task
+            task.add_done_callback(functools.partial(self._call_done, message["id"], size))
             return
         if op == "cancel":
-            call = self.calls.get(message["id"])
+            call = self.call_ids.get(message["id"])
             if call is not None:
                 call.cancel()
             return
@@ -328,7 +329,9 @@ class _Connection:
             waiter.set_result(message)
 
     def _call_done(self, call_id: int, size: int, task: asyncio.Task[None]) -> None:
-        self.calls.pop(call_id, None)
+        self.calls.discard(task)
+        if self.call_ids.get(call_id) is task:
+            del self.call_ids[call_id]
         self._held -= size
 
     async def _serve_call(self, message: dict[str, Any]) -> None:
@@ -362,7 +365,7 @@ class _Connection:
             # Stop it at once: it holds nothing the run can still use.
             self._inbox.clear()
             self.process.send_kill()
-            for task in self.calls.values():
+            for task in self.calls:
                 task.cancel()
         for waiter in self.waiters.values():
             if not waiter.done():
@@ -467,7 +470,7 @@ class _Connection:
         self.waiters.clear()
         self.detach()
         self.process.send_kill()
-        calls = list(self.calls.values())
+        calls = list(self.calls)
         for task in calls:
             task.cancel()
         if calls:
