@@ -365,7 +365,9 @@ def test_c_stack_overflow_restarts_the_worker(isolation: str) -> None:
         "import sys\nsys.setrecursionlimit(10**7)\n"
         "x = []\nfor _ in range(10**6):\n    x = [x]\nrepr(x)"
     )
-    (told,) = run_hostile(isolation, block)
+    # Building a million nested lists takes over a second on a loaded machine: give the
+    # block time to reach the overflow, which is what the test is about.
+    (told,) = run_hostile(isolation, block, limits=replace(TEST_LIMITS, wall_seconds=20.0))
     assert "SIGSEGV" in told and RESTART_NOTE in told
 
 
