@@ -430,9 +430,9 @@ class RLM:
     def batch(self, items: Iterable[BatchItem], **options: Any) -> BatchReport:
         """Run many items with this configuration: `rlm.batch` without the model arguments
         (`max_parallel_runs`, `total_budget`, `results`, `executor`, `budget`, ...)."""
-        from rlm.batch.api import abatch_with_engine, blocking
+        from rlm.batch.api import abatch_with_engine
 
-        return blocking(lambda: abatch_with_engine(self, items, **options))
+        return run_blocking(lambda: abatch_with_engine(self, items, **options))
 
     async def abatch(self, items: Iterable[BatchItem], **options: Any) -> BatchReport:
         """Async `batch`."""

@@ -12,15 +12,13 @@ report.results, report.failed, report.usage, report.cost_usd
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import contextvars
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
+from rlm._sync import run_blocking
 from rlm.batch.local import BatchJob, Executor, LocalExecutor
 from rlm.batch.outcome import BatchItem, BatchReport, Outcome, summarize
 from rlm.batch.results import ResultsFile
@@ -101,7 +99,7 @@ def batch(
     **options: Any,
 ) -> BatchReport:
     """Blocking `abatch` (same arguments); works inside a running event loop too."""
-    return blocking(lambda: abatch(items, model, sub_model, **options))
+    return run_blocking(lambda: abatch(items, model, sub_model, **options))
 
 
 async def abatch_with_engine(
@@ -266,17 +264,3 @@ async def execute_batch(
                 )
             )
     return summarize(ids, outcomes, resumed=resumed, duration_s=time.perf_counter() - started)
-
-
-def blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to the end from sync code, in a thread if a loop is running here."""
-
-    def run() -> T:
-        return asyncio.run(make())
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-batch") as pool:
-        return pool.submit(contextvars.copy_context().run, run).result()
