@@ -228,3 +228,17 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
     with pytest.raises(ConfigurationError, match="executor"):
         rlm.batch(items(1), model, executor="spark")  # type: ignore[arg-type]
     assert model.calls == []
+
+
+def double(x: int) -> int:
+    """Twice x."""
+    return 2 * x
+
+
+async def test_new_run_arguments_pass_through_to_every_run() -> None:
+    model = FunctionModel(lambda _: "```repl\nFINAL(double(21))\n```")
+    report = await rlm.abatch(
+        items(2), model, repl="inprocess", tools=[double], output_type=int, max_iterations=3
+    )
+    assert report.answers == ["42", "42"]
+    assert [r.output for r in report.results if r is not None] == [42, 42]
