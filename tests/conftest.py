@@ -6,6 +6,11 @@ import os
 
 from hypothesis import settings
 
+# Ray reads this when it is imported (by the batch and pickling tests): under `uv run` it
+# would otherwise copy the project to each worker and rebuild its environment there, an
+# interpreter under /tmp/ray that the REPL sandbox cannot start.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 # Timing-based health checks flake on a loaded 2-core CI machine; correctness is what the
 # properties check. With CI=true hypothesis also derandomises (its "ci" profile).
 settings.register_profile("ci", settings.get_profile("ci"), deadline=None, print_blob=True)

@@ -26,9 +26,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance() -> Iterator[None]:
-    # Workers import rlm from this environment; a `uv run` driver must not make Ray
-    # rebuild the environment for each worker.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # The functions below travel by value: workers cannot import this test module.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     for attempt in (1, 2):
@@ -76,9 +73,10 @@ def test_runs_go_to_ray_tasks_with_one_object_store_copy_of_a_shared_context(
             max_parallel_runs=4,
             results=tmp_path / "out.jsonl",
         )
-        assert len(server.requests) == 6
-    assert report.answers == [f"q-{i}:300000" for i in range(3)]
-    assert report.failed == () and report.retried == {}
+        requests = len(server.requests)
+    assert report.failed == () and report.retried == {}, [f.error for f in report.failed]
+    assert report.answers == [f"q-{i}:300000" for i in range(3)], report.results
+    assert requests == 6
     assert puts.count(str) == 1  # the context went to the object store once
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
     assert report.usage["fake-model"].usage.requests == 6
