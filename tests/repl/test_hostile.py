@@ -630,3 +630,25 @@ def test_the_seccomp_program_is_cached_for_this_user_only(
     cached.chmod(0o666)  # ... and now anybody could: not used
     monkeypatch.setattr(seccomp, "_program", None)
     assert seccomp.program() == built
+
+
+def test_signalling_the_hosts_processes(isolation: str) -> None:
+    import subprocess
+
+    # A stand-in for the host: a process of the same user that the code tries to kill.
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        (told,) = run_hostile(
+            isolation,
+            f"import os, signal\ntry:\n    os.kill({victim.pid}, signal.SIGKILL)\n"
+            "    print('KILLED')\nexcept OSError as e:\n    print('DENIED', type(e).__name__)",
+        )
+        if isolation == "bwrap":
+            # Its own PID namespace: the host's processes do not exist in there.
+            assert "DENIED ProcessLookupError" in told and victim.poll() is None
+        else:
+            # Documented: a plain subprocess can signal the host user's processes.
+            assert "KILLED" in told and victim.wait(timeout=10) == -9
+    finally:
+        victim.kill()
+        victim.wait()
