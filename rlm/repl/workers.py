@@ -539,6 +539,10 @@ REAP_AT_EXIT_S = 5.0
 def _shutdown() -> None:
     pool.drain(close=True)
     with contextlib.suppress(Exception):
+        # A spare still being started is filed after the first drain: wait, drain again.
+        pool.spawner.wait_idle(REAP_AT_EXIT_S)
+    pool.drain(close=True)
+    with contextlib.suppress(Exception):
         reaper.wait_idle(REAP_AT_EXIT_S)
     for process in list(_live):
         with contextlib.suppress(Exception):
