@@ -7,8 +7,8 @@ import os
 from hypothesis import settings
 
 # Ray reads this when it is imported (by the batch and pickling tests): under `uv run` it
-# would otherwise copy the project to each worker and rebuild its environment there, an
-# interpreter under /tmp/ray that the REPL sandbox cannot start.
+# would otherwise copy the project to each worker and rebuild its environment there with
+# uv, which slows every new worker down.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 # Timing-based health checks flake on a loaded 2-core CI machine; correctness is what the
