@@ -297,9 +297,11 @@ class AnthropicModel:
         if self.extra_body:
             params["extra_body"] = dict(self.extra_body)
         temperature = request.temperature if request.temperature is not None else self.temperature
-        # Anthropic accepts no temperature with thinking on.
+        # Anthropic accepts no temperature with thinking on. The SDK's `messages.create`
+        # (2.x) no longer takes `temperature` as an argument, while the API still reads it
+        # from the body: send it there.
         if temperature is not None and not thinking_on(params):
-            params["temperature"] = temperature
+            params["extra_body"] = {**params.get("extra_body", {}), "temperature": temperature}
         return params
 
     def parse_response(self, raw: object) -> ModelResponse:

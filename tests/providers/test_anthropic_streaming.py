@@ -214,3 +214,16 @@ def test_a_rewritten_reply_keeps_its_thinking_in_front() -> None:
     _, messages = build_messages([rlm.Message("user", "q"), rewritten], caching=False)
 
     assert messages[1]["content"] == [thinking, {"type": "text", "text": "short"}]
+
+
+def test_a_temperature_reaches_the_wire(server: FakeLLMServer) -> None:
+    # anthropic 2.x's messages.create() takes no temperature argument: it travels in the
+    # body, plain and streamed.
+    server.push("FINAL(cool)", "FINAL(cooler)")
+    model = _model(server, temperature=0.2)
+    assert rlm.run("q", "c", model=model, repl="inprocess").answer == "cool"
+    assert server.requests[-1].json["temperature"] == 0.2
+    streamed = _model(server, temperature=0.4, max_output_tokens=64_000)
+    assert rlm.run("q", "c", model=streamed, repl="inprocess").answer == "cooler"
+    body = server.requests[-1].json
+    assert body["temperature"] == 0.4 and body.get("stream") is True
