@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from rlm import prompts
@@ -27,7 +27,6 @@ from rlm.errors import (
 )
 from rlm.events import Event, SubcallFinished, SubcallStarted, clip, new_id
 from rlm.providers.base import Message, Model, ModelInfo, ModelResponse, describe_model
-from rlm.providers.registry import resolve_model
 from rlm.repl.base import LLMQueryError, ToolError, ToolStub
 from rlm.result import RLMResult
 from rlm.tools import ToolDispatch
@@ -64,6 +63,11 @@ class SubcallConfig(Protocol):
 
     @property
     def context_windows(self) -> Mapping[str, int]: ...
+
+    @property
+    def resolve_model(self) -> Callable[[str], Model]:
+        """A model name (`llm_query(model=...)`) to a `Model`."""
+        ...
 
 
 class SubcallShared(Protocol):
@@ -236,7 +240,7 @@ class SubcallRouter:
                 cache[name] = config.sub_model if name == config.sub_model.name else config.model
             else:
                 try:
-                    cache[name] = resolve_model(name)
+                    cache[name] = config.resolve_model(name)
                 except ConfigurationError as exc:
                     raise LLMQueryError(str(exc)) from None
         return cache[name]
