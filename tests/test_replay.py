@@ -225,3 +225,21 @@ def test_the_replay_docs_run() -> None:
     namespace: dict[str, object] = {"__name__": "docs_replay"}
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)
+
+
+def test_a_cassette_named_by_a_model_string_replays_without_an_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's form: Cassette(path, "openai/gpt-4o-mini"). CI replays it with no key.
+    path = tmp_path / "c.jsonl"
+    live = Player()
+    with Cassette(path, live.model) as tape:
+        first = rlm.run("Sizes?", CONTEXT, model=tape, max_depth=2, repl="inprocess")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with Cassette(path, "openai/gpt-4o-mini") as tape:
+        again = rlm.run("Sizes?", CONTEXT, model=tape, max_depth=2, repl="inprocess")
+    assert again.answer == first.answer and tape.live == 0
+    # Recording needs the real model, so a missing key is the error then.
+    with pytest.raises(rlm.errors.MissingAPIKeyError):
+        Cassette(tmp_path / "new.jsonl", "openai/gpt-4o-mini")

@@ -47,6 +47,7 @@ from rlm.errors import ProviderError, ReplayError
 from rlm.events import ModelCallFinished, ModelCallStarted, clip, new_id
 from rlm.fingerprint import describe_fingerprint
 from rlm.providers.base import Message, Model, ModelRequest, ModelResponse, describe_model
+from rlm.providers.registry import resolve_model
 
 RecordMode = Literal["once", "new", "all", "none"]
 RECORD_MODES: tuple[RecordMode, ...] = ("once", "new", "all", "none")
@@ -438,15 +439,17 @@ class Cassette:
     """A model that records its calls into a file the first time and replays them later.
 
     ```python
-    model = Cassette("tests/cassettes/churn.jsonl", rlm.resolve_model("openai/gpt-4o"))
+    model = Cassette("tests/cassettes/churn.jsonl", "openai/gpt-4o")
     ```
 
     Modes: `"once"` (default) replays when the file exists and records when it does not;
     `"new"` replays what the file holds and sends other requests to `model`, appending
     them; `"all"` records from scratch; `"none"` only replays (a missing file or a new
     request is an error: the mode for CI). `model` may be None in `"none"` mode, and in
-    `"once"` mode when the file exists. The file is a trajectory subset (model calls
-    only) and can be read with `rlm.telemetry.load_trajectory` or `rlm view`.
+    `"once"` mode when the file exists. A model string (`"openai/gpt-4o"`) is resolved
+    only when the cassette records, so replaying needs no API key. The file is a
+    trajectory subset (model calls only) and can be read with
+    `rlm.telemetry.load_trajectory` or `rlm view`.
 
     The cassette takes the identity (name, provider, context window) of `model`, or of
     the recording when no model is given, so the engine builds the same prompts.
@@ -455,7 +458,7 @@ class Cassette:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        model: Model | None = None,
+        model: str | Model | None = None,
         *,
         mode: RecordMode = "once",
     ) -> None:
@@ -465,9 +468,12 @@ class Cassette:
             )
         self.path = Path(path)
         self.mode: RecordMode = mode
-        self.model = model
         exists = self.path.is_file()
         self.recording = mode == "all" or (mode == "once" and not exists)
+        if isinstance(model, str):
+            # A replay needs no live model, so CI replays without the provider's API key.
+            model = resolve_model(model) if self.recording or mode == "new" else None
+        self.model = model
         if mode == "none" and not exists:
             raise ReplayError(
                 f"no cassette at {self.path}, and mode='none' only replays. Record it first "
