@@ -72,8 +72,8 @@ async def abatch(
     the batch goes on. Cancelling (Ctrl-C with `batch`) stops every run; each result
     finished before that is already in the results file.
     """
-    check_run_arguments(run_kwargs)
     ledger = _shared_ledger(total_budget, run_kwargs.pop("ledger", None))
+    check_run_arguments(run_kwargs)
     _check_priced(ledger.budget, [m for m in (model, sub_model) if m is not None])
     spec = RunSpec(
         model=model,
@@ -115,8 +115,8 @@ async def abatch_with_engine(
     **run_kwargs: Any,
 ) -> BatchReport:
     """`RLM.abatch`: `abatch` with the engine's configuration."""
-    check_run_arguments(run_kwargs, engine)
     ledger = _shared_ledger(total_budget, run_kwargs.pop("ledger", None))
+    check_run_arguments(run_kwargs, engine)
     _check_priced(ledger.budget, [engine.model, engine.sub_model])
     spec = RunSpec(
         engine=engine,

@@ -44,7 +44,7 @@ def check_run_arguments(kwargs: Mapping[str, Any], engine: RLM | None = None) ->
         raise ConfigurationError(
             f"{owner} got unexpected argument(s) {', '.join(unknown)}: it takes what "
             f"{runner} takes ({', '.join(sorted(accepted))}) plus max_parallel_runs, "
-            "total_budget, results, executor, trajectories and progress"
+            "total_budget (or ledger), results, executor, trajectories and progress"
         )
 
 

@@ -150,6 +150,21 @@ async def test_a_shared_ledger_limits_concurrent_arun_calls_outside_a_batch() ->
     assert tenant.snapshot().usage.total_tokens == sum(r.total_usage.total_tokens for r in results)
 
 
+async def test_a_batch_counts_in_a_ledger_the_caller_keeps() -> None:
+    # batch's docstring: `ledger=rlm.Ledger(...)` instead of total_budget shares a ledger.
+    tenant = rlm.Ledger(rlm.Budget(max_tokens=1_000_000))
+    report = await rlm.abatch(items(3), FunctionModel(two_turns), repl="inprocess", ledger=tenant)
+    assert report.answers == ["q-0:0", "q-1:1", "q-2:2"]
+    assert tenant.snapshot().usage.total_tokens == report.total_usage.total_tokens > 0
+    engine = rlm.RLM(FunctionModel(two_turns), repl="inprocess")
+    again = engine.batch(items(2), ledger=tenant)
+    assert tenant.snapshot().usage.total_tokens == (
+        report.total_usage.total_tokens + again.total_usage.total_tokens
+    )
+    with pytest.raises(ConfigurationError, match="not both"):
+        rlm.batch(items(1), FunctionModel(two_turns), ledger=tenant, total_budget=rlm.Budget())
+
+
 async def test_cancelling_stops_every_run_and_keeps_finished_results(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     release = asyncio.Event()  # never set: the slow items wait until cancelled
