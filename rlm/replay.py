@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlm.errors import ReplayError
+from rlm.errors import ReplayError, TrajectoryError
 from rlm.events import Event, RunStarted, ToolCallFinished, ToolCallStarted, clip
 from rlm.fingerprint import context_fingerprint, describe_fingerprint
 from rlm.providers.base import Model, ModelRequest, ModelResponse, describe_model
@@ -97,6 +97,15 @@ def load_resume_point(path: str | os.PathLike[str]) -> ResumePoint:
     last = trajectory.root
     for run in trajectory.runs:
         last = run
+    if last.started.session_id is not None:
+        # A turn's prompt holds the earlier turns and its code uses their variables: as a
+        # lone run it would match no recorded request and pay for every call again.
+        raise TrajectoryError(
+            f"{path} holds the turns of a session ({last.started.session_id}); resume "
+            "continues a single run, not a conversation. To go on without paying again "
+            "for the recorded calls, run the turns again in a new session with "
+            "model=rlm.testing.ReplayModel.from_trajectory(path, fallback=your_model)."
+        )
     attempts = [
         run
         for run in trajectory.runs

@@ -329,3 +329,24 @@ def test_a_run_ended_by_a_provider_failure_resumes_by_asking_again(
     assert resumed.answer == whole.answer
     # The failed request is asked again (it never had an answer); nothing else is.
     assert [len(r.messages) for r in live.calls] == [8]
+
+
+def test_a_session_trajectory_is_refused_before_any_call(tmp_path: Path) -> None:
+    # A turn's prompt carries the earlier turns and its code their variables: resumed as a
+    # lone run it matched no recorded request and went live for every iteration.
+    path = tmp_path / "chat.jsonl"
+
+    def chat_model(request: ModelRequest) -> str:
+        second = "Query: second" in request.messages[1].content
+        if len(request.messages) == 2:
+            return "```repl\ny = x * 2\n```" if second else "```repl\nx = 21\n```"
+        return "FINAL_VAR(y)" if second else "FINAL_VAR(x)"
+
+    model = FunctionModel(chat_model, name="m")
+    engine = rlm.RLM(model, repl="inprocess")
+    with TrajectoryRecorder(path) as recorder, engine.session("c", on_event=recorder) as chat:
+        assert [chat.run("first").answer, chat.run("second").answer] == ["21", "42"]
+    calls = len(model.calls)
+    with pytest.raises(rlm.errors.TrajectoryError, match="session"):
+        rlm.resume(path, context="c", model=model, repl="inprocess")
+    assert len(model.calls) == calls
