@@ -161,6 +161,7 @@ class Session:
         self._thread: _LoopThread | None = None
         self._thread_lock = threading.Lock()
         self._busy = False
+        self._running: asyncio.Task[Any] | None = None  # the task of the running turn
         self._closed = False
 
     # -- what the session did ----------------------------------------------------------
@@ -228,16 +229,23 @@ class Session:
         """Run one turn. `context=` adds a context for this and later turns;
         `output_type=` is the type this turn's answer must have (see `rlm.output`)."""
         self._bind(asyncio.get_running_loop())
+        running = self._running
+        if self._busy and running is not None and running.cancelling():
+            # A turn that was cancelled (its stream's loop was left) is ending, not running
+            # on: the next turn waits for its cleanup instead of being refused.
+            await asyncio.wait([running])
         if self._busy:
             raise SessionError(
                 "a turn of this session is already running: a session is one conversation, "
                 "so wait for it (or open another session for parallel work)"
             )
         self._busy = True
+        self._running = asyncio.current_task()
         try:
             return await self._turn(query, context, on_event, budget, output_type)
         finally:
             self._busy = False
+            self._running = None
 
     def run(
         self,

@@ -158,6 +158,33 @@ async def test_a_second_turn_while_one_runs_is_refused(kind: str, repl: str) -> 
     assert len(chat.results) == 2
 
 
+@pytest.mark.parametrize("repl", REPLS)
+async def test_the_next_turn_after_leaving_a_turns_stream_runs(repl: str) -> None:
+    # Leaving `async for` cancels the turn; the next turn waits for that cleanup instead
+    # of being refused as a concurrent one, and the REPL's variables are still there.
+    release = threading.Event()
+    replies = iter([code("x = 21"), "FINAL_VAR(x)", None, code("FINAL(x * 2)")])
+
+    async def reply(seen: Seen) -> str:
+        step = next(replies)
+        if step is None:  # the turn whose stream is left waits here
+            await asyncio.to_thread(release.wait)
+            return "FINAL(late)"
+        return step
+
+    with harness("scripted", reply) as h:
+        async with rlm.RLM(h.model, repl=repl).session(context="c") as chat:
+            await chat.arun("first")
+            async for event in chat.stream("slow"):
+                if event.kind == "model_call_started":
+                    break
+            try:
+                assert (await chat.arun("twice")).answer == "42"
+            finally:
+                release.set()
+    assert [r.answer for r in chat.results] == ["21", "42"]  # the cancelled turn raised
+
+
 def test_blocking_run_from_two_threads_is_refused() -> None:
     started, release = threading.Event(), threading.Event()
     with harness("scripted", gated(started, release)) as h:
