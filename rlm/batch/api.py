@@ -13,9 +13,11 @@ report.results, report.failed, report.usage, report.cost_usd
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from rlm._sync import run_blocking
@@ -25,6 +27,7 @@ from rlm.batch.results import ResultsFile
 from rlm.batch.spec import RunSpec, check_run_arguments
 from rlm.budget import Budget, Ledger
 from rlm.errors import ConfigurationError
+from rlm.output import FinalValue, InvalidOutput, OutputSpec
 from rlm.providers.base import Model
 
 if TYPE_CHECKING:
@@ -134,6 +137,29 @@ async def abatch_with_engine(
     )
 
 
+def _output_spec(spec: RunSpec) -> OutputSpec:
+    """The answer type the runs of this batch validate against."""
+    output_type = spec.kwargs.get("output_type")
+    if output_type is not None:
+        return OutputSpec(output_type)
+    if spec.engine is not None:
+        return spec.engine._config.output
+    return OutputSpec(None)
+
+
+def _typed(outcome: Outcome, output: OutputSpec | None) -> Outcome:
+    """A result read back from the results file, its output of the batch's type again (the
+    file holds it as JSON), as a result the batch ran now has it."""
+    result = outcome.result
+    if output is None or not output.typed or result is None or result.output is None:
+        return outcome
+    try:
+        answer = output.accept(FinalValue(result.answer or "", json.dumps(result.output)))
+    except (InvalidOutput, TypeError, ValueError):
+        return outcome  # finished under another output_type: kept as it was read
+    return replace(outcome, result=replace(result, output=answer.value))
+
+
 def _shared_ledger(total_budget: Budget | None, ledger: object) -> Ledger:
     if ledger is not None:
         if total_budget is not None:
@@ -228,9 +254,10 @@ async def execute_batch(
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(ResultsFile(results)) if results is not None else None
         done = store.done if store is not None else {}
+        output = _output_spec(spec) if done else None
         for index, item_id in enumerate(ids):
             if item_id in done:
-                outcomes[index] = done[item_id]
+                outcomes[index] = _typed(done[item_id], output)
         resumed = len(outcomes)
         resumed_cost = sum(
             o.result.cost_usd or 0.0 for o in outcomes.values() if o.result is not None

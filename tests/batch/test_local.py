@@ -257,3 +257,27 @@ async def test_new_run_arguments_pass_through_to_every_run() -> None:
     )
     assert report.answers == ["42", "42"]
     assert [r.output for r in report.results if r is not None] == [42, 42]
+
+
+def test_results_read_back_from_the_file_have_the_output_type(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Size:
+        n: int
+
+    def sized(request: ModelRequest) -> str:
+        if len(request.messages) <= 2:
+            return "```repl\nx = {'n': len(context)}\n```"
+        return "FINAL_VAR(x)"
+
+    out = tmp_path / "out.jsonl"
+    model = FunctionModel(sized)
+    first = rlm.batch(items(2), model, repl="inprocess", results=out, output_type=Size)
+    calls = len(model.calls)
+    again = rlm.batch(items(3), model, repl="inprocess", results=out, output_type=Size)
+    assert len(model.calls) - calls == 2  # only the new item ran
+    assert first.results[1] is not None and again.results[1] is not None
+    assert [r.output for r in again.results if r] == [Size(0), Size(1), Size(2)]
+    engine = rlm.RLM(model, repl="inprocess", output_type=Size)
+    assert [r.output for r in engine.batch(items(3), results=out).results if r][1] == Size(1)
