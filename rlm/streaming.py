@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from rlm.events import Event
 from rlm.result import RLMResult
@@ -51,6 +51,13 @@ class EventStream:
         task.add_done_callback(_retrieve)
         self._task = task
         return _Cursor(queue, task)
+
+    def __iter__(self) -> NoReturn:
+        # The events come from a run on an event loop: a plain `for` has none to wait on.
+        raise TypeError(
+            "an EventStream is iterated with `async for event in rlm.stream(...)` inside a "
+            "coroutine; in blocking code pass on_event=callback to rlm.run(...) instead"
+        )
 
     async def aclose(self) -> None:
         """Cancel the run if it is still going and wait until it has cleaned up."""

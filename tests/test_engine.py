@@ -346,3 +346,12 @@ def test_host_printing_during_a_subcall_stays_out_of_the_models_output(
     feedback = last_user_message(model.calls[1])
     assert "sub-answer" in feedback and "HOST-SIDE" not in feedback
     assert "HOST-SIDE LOG LINE" in capsys.readouterr().out
+
+
+def test_iterating_a_stream_without_async_for_says_what_to_do() -> None:
+    model = ScriptedModel(["FINAL(1)"])
+    events = rlm.stream("q", "c", model=model, repl="inprocess")
+    with pytest.raises(TypeError, match="async for"):
+        for _ in events:
+            pass
+    assert model.calls == []  # nothing started
