@@ -231,8 +231,12 @@ def test_a_cassette_named_by_a_model_string_replays_without_an_api_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The README's form: Cassette(path, "openai/gpt-4o-mini"). CI replays it with no key.
+    from rlm.providers.catalog import context_window
+
     path = tmp_path / "c.jsonl"
     live = Player()
+    # Stands in for the real gpt-4o-mini the cassette was recorded with (same identity).
+    live.model.name, live.model.context_window = "gpt-4o-mini", context_window("gpt-4o-mini")
     with Cassette(path, live.model) as tape:
         first = rlm.run("Sizes?", CONTEXT, model=tape, max_depth=2, repl="inprocess")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

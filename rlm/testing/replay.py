@@ -46,8 +46,16 @@ from rlm import errors
 from rlm.errors import ProviderError, ReplayError
 from rlm.events import ModelCallFinished, ModelCallStarted, clip, new_id
 from rlm.fingerprint import describe_fingerprint
-from rlm.providers.base import Message, Model, ModelRequest, ModelResponse, describe_model
-from rlm.providers.registry import resolve_model
+from rlm.providers.base import (
+    Message,
+    Model,
+    ModelInfo,
+    ModelRequest,
+    ModelResponse,
+    describe_model,
+)
+from rlm.providers.catalog import context_window as known_context_window
+from rlm.providers.registry import resolve_model, split_model_string
 
 RecordMode = Literal["once", "new", "all", "none"]
 RECORD_MODES: tuple[RecordMode, ...] = ("once", "new", "all", "none")
@@ -62,6 +70,7 @@ class RecordedCall:
     reply: ModelResponse | None = None
     error_type: str | None = None
     error: str | None = None
+    provider: str = "unknown"
 
 
 def message_key(message: Message) -> str:
@@ -109,6 +118,7 @@ def load_recorded_calls(path: str | os.PathLike[str]) -> list[RecordedCall]:
             RecordedCall(
                 request=start.request,
                 model=start.model,
+                provider=start.provider,
                 reply=end.reply,
                 error_type=end.error_type,
                 error=end.error,
@@ -451,8 +461,10 @@ class Cassette:
     trajectory subset (model calls only) and can be read with
     `rlm.telemetry.load_trajectory` or `rlm view`.
 
-    The cassette takes the identity (name, provider, context window) of `model`, or of
-    the recording when no model is given, so the engine builds the same prompts.
+    The cassette takes the identity (name, provider, context window) of `model`, of the
+    model a string names, or of the recorded model when none is given (its window from
+    rlm's table of known models, as the provider adapters take it), so the engine builds
+    the same prompts as when it recorded.
     """
 
     def __init__(
@@ -470,9 +482,16 @@ class Cassette:
         self.mode: RecordMode = mode
         exists = self.path.is_file()
         self.recording = mode == "all" or (mode == "once" and not exists)
+        named: ModelInfo | None = None
         if isinstance(model, str):
-            # A replay needs no live model, so CI replays without the provider's API key.
-            model = resolve_model(model) if self.recording or mode == "new" else None
+            # A replay needs no live model, so CI replays without the provider's API key;
+            # the string still names the model whose identity shapes the prompt.
+            if self.recording or mode == "new":
+                model = resolve_model(model)
+            else:
+                provider, bare = split_model_string(model)
+                named = ModelInfo(bare, provider, known_context_window(bare))
+                model = None
         self.model = model
         if mode == "none" and not exists:
             raise ReplayError(
@@ -485,23 +504,30 @@ class Cassette:
                 "record from: pass the real model as the second argument."
             )
         self._replay: ReplayModel | None = None
+        identity = describe_model(model) if model is not None else named
         if not self.recording:
             calls = load_recorded_calls(self.path)
             fallback = model if mode == "new" else None
-            identity = describe_model(model) if model is not None else None
-            recorded_name = calls[0].model if calls else "replay"
+            if identity is None:
+                # No model given: the recorded one's identity, its window from rlm's table
+                # (as the provider adapters take it).
+                first = calls[0] if calls else None
+                name = first.model if first else "replay"
+                identity = ModelInfo(
+                    name, first.provider if first else "replay", known_context_window(name)
+                )
             self._replay = ReplayModel(
                 calls,
-                name=identity.name if identity else recorded_name,
-                provider=identity.provider if identity else "replay",
-                context_window=identity.context_window if identity else None,
+                name=identity.name,
+                provider=identity.provider,
+                context_window=identity.context_window,
                 fallback=_Recording(self, fallback) if fallback is not None else None,
                 source=f"cassette {self.path}",
             )
-        info = describe_model(model) if model is not None else None
-        self.name = info.name if info else (self._replay.name if self._replay else "replay")
-        self.provider = info.provider if info else "replay"
-        self.context_window = info.context_window if info else None
+        assert identity is not None
+        self.name = identity.name
+        self.provider = identity.provider
+        self.context_window = identity.context_window
         self._recorder: _CassetteWriter | None = None
         self._lock = threading.Lock()
         self._writer_lock = threading.Lock()
