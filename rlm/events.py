@@ -24,8 +24,8 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -42,7 +42,8 @@ MAX_EVENT_TEXT = 20_000
 
 def new_id() -> str:
     """A short random id for runs, calls, executions and sub-calls."""
-    return uuid.uuid4().hex[:16]
+    # 16 hex digits as before (half a uuid4), without building a UUID: two per sub-call.
+    return os.urandom(8).hex()
 
 
 def clip(text: str, limit: int = MAX_EVENT_TEXT) -> str:

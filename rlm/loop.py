@@ -120,6 +120,15 @@ class _Shared:
     child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
     session_id: str | None = None
+    #: `describe_model` of each model used, by identity (the model kept alive with it):
+    #: a batch describes its sub-model once, not once per sub-call.
+    infos: dict[int, tuple[Model, ModelInfo]] = field(default_factory=dict)
+
+    def describe(self, model: Model) -> ModelInfo:
+        known = self.infos.get(id(model))
+        if known is None or known[0] is not model:
+            known = self.infos[id(model)] = (model, describe_model(model))
+        return known[1]
 
     def child_slot(self, depth: int) -> asyncio.Semaphore:
         # One pool per depth: a run waiting for a child slot never holds a slot of the

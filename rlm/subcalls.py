@@ -26,7 +26,7 @@ from rlm.errors import (
     RLMError,
 )
 from rlm.events import Event, SubcallFinished, SubcallStarted, clip, new_id
-from rlm.providers.base import Message, Model, ModelInfo, ModelResponse, describe_model
+from rlm.providers.base import Message, Model, ModelInfo, ModelResponse
 from rlm.repl.base import LLMQueryError, ToolError, ToolStub
 from rlm.result import RLMResult
 from rlm.tools import ToolDispatch
@@ -77,6 +77,10 @@ class SubcallShared(Protocol):
     def models(self) -> dict[str, Model]: ...
 
     def child_slot(self, depth: int) -> asyncio.Semaphore: ...
+
+    def describe(self, model: Model) -> ModelInfo:
+        """`describe_model(model)`, worked out once per model and run tree."""
+        ...
 
 
 class ChildRun(Protocol):
@@ -273,7 +277,7 @@ class SubcallRouter:
     ) -> str:
         run = self.run
         model = self._sub_model(model_name)
-        info = describe_model(model)
+        info = run.shared.describe(model)
         recursive = recursive and run.depth + 1 < run.config.max_depth
         try:
             run.ledger.start_subcall()

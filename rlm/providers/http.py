@@ -229,13 +229,19 @@ class PreparedRequests:
         except (TypeError, ValueError):  # not plain JSON: the SDK knows more types
             request = build(options, retries_taken=retries_taken)
             return request
+        # Built as httpx2 copies a request (`stream=`), with the headers `content=` would
+        # have added: what `content=` adds besides (parsing the content type, merging
+        # default headers, rebuilding the header list) cost more than the rest of this.
+        headers = httpx2.Headers(template.headers)
+        headers["Content-Length"] = str(len(body))
         request = httpx2.Request(
             template.method,
             template.url,
-            headers=template.headers,
-            content=body,
+            headers=headers,
+            stream=httpx2.ByteStream(body),
             extensions=dict(template.extensions),
         )
+        request.read()
         if self._idempotency_header and options.idempotency_key:
             request.headers[self._idempotency_header] = options.idempotency_key
         return request
