@@ -13,7 +13,8 @@ from rlm import ModelRequest
 from rlm.errors import ConfigurationError, ReplayError
 from rlm.telemetry import TrajectoryRecorder, load_trajectory
 from rlm.testing import FunctionModel
-from rlm.testing.replay import Cassette, ReplayModel
+from rlm.testing.cassette import Cassette
+from rlm.testing.replay import ReplayModel
 
 CONTEXT = "alpha:1\nbeta:2\ngamma:3\ndelta:4"
 

@@ -197,7 +197,8 @@ class FunctionModel:
         return _finish(request, value, self.name)
 
 
-from rlm.testing.replay import Cassette, RecordedCall, ReplayModel  # noqa: E402
+from rlm.testing.cassette import Cassette  # noqa: E402
+from rlm.testing.replay import RecordedCall, ReplayModel  # noqa: E402
 
 __all__ = [
     "Cassette",

@@ -27,7 +27,7 @@ import pytest
 
 from rlm.errors import ConfigurationError
 from rlm.providers.base import Model
-from rlm.testing.replay import RECORD_MODES, Cassette, RecordMode
+from rlm.testing.cassette import RECORD_MODES, Cassette, RecordMode
 
 CassetteFactory = Callable[..., Cassette]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import rlm
-from rlm.testing.replay import Cassette
+from rlm.testing.cassette import Cassette
 from rlm.testing.server import FakeLLMServer
 
 
