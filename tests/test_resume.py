@@ -350,3 +350,31 @@ def test_a_session_trajectory_is_refused_before_any_call(tmp_path: Path) -> None
     with pytest.raises(rlm.errors.TrajectoryError, match="session"):
         rlm.resume(path, context="c", model=model, repl="inprocess")
     assert len(model.calls) == calls
+
+
+def test_a_run_whose_worker_crashed_resumes_with_the_same_feedback(tmp_path: Path) -> None:
+    """Re-running a recorded block that killed the sandbox worker kills it again; the
+    restart note the model saw is the same, so the recorded replies still match."""
+
+    def crashy(request: ModelRequest) -> str:
+        turns = len(request.messages)
+        if turns == 2:
+            return code("x = 1\nimport os\nos._exit(3)")
+        if turns == 4:
+            return code("y = 41 + 1\nprint(y)")
+        return "FINAL_VAR(y)"
+
+    path = tmp_path / "run.jsonl"
+    with TrajectoryRecorder(path) as recorder:
+        whole = rlm.run("q", "ctx", model=FunctionModel(crashy, name="m"), on_event=recorder)
+    assert whole.answer == "42" and whole.history[0].executions[0].restarted
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if '"kind":"model_call_started"' in line]
+    cut_path = tmp_path / "cut.jsonl"
+    cut_path.write_text("".join(lines[: starts[2] + 1]))  # killed during the last call
+
+    live = FunctionModel(crashy, name="m")
+    resumed = rlm.resume(cut_path, context="ctx", model=live)
+    assert resumed.answer == "42"
+    assert len(live.calls) == 1  # only the call in flight at the kill
+    assert resumed.resumed is not None and resumed.resumed.differences == ()
