@@ -14,26 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-HELPER_NAMES: tuple[str, ...] = (
-    "llm_query",
-    "llm_query_batched",
-    "rlm_query",
-    "rlm_query_batched",
-    "FINAL",
-    "FINAL_VAR",
-    "SHOW_VARS",
-)
-
-# Names the REPL reserves and never lists as the model's variables.
-RESERVED_NAMES: frozenset[str] = frozenset({*HELPER_NAMES, "context", "__builtins__"})
-
-
-class LLMQueryError(RuntimeError):
-    """Raised inside the model's code when a sub-call cannot be made or fails."""
-
-
-class ToolError(RuntimeError):
-    """Raised inside the model's code when a tool call fails: the tool's own message."""
+from rlm.repl.helpers import HELPER_NAMES as HELPER_NAMES
+from rlm.repl.helpers import RESERVED_NAMES as RESERVED_NAMES
+from rlm.repl.helpers import LLMQueryError as LLMQueryError
+from rlm.repl.helpers import ToolError as ToolError
+from rlm.repl.helpers import missing_variable_message as missing_variable_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +132,3 @@ class MultiContextRepl(Repl, Protocol):
     """
 
     async def add_context(self, name: str, value: object) -> None: ...
-
-
-def missing_variable_message(name: str, available: Sequence[str]) -> str:
-    """What the model is told when `FINAL_VAR` names a variable that does not exist."""
-    shown = ", ".join(sorted(available)[:50]) or "(none yet)"
-    return (
-        f"FINAL_VAR({name!r}): there is no variable named {name!r}, so this is not an "
-        f"answer. Variables that exist: {shown}. Assign the answer to a variable first, "
-        f"or use FINAL(answer)."
-    )

@@ -115,7 +115,8 @@ class InProcessRepl:
     async def lookup_variable(self, name: str) -> VariableLookup:
         if self._namespace is None:
             raise RuntimeError("InProcessRepl.lookup_variable() called before start()")
-        return self._namespace.lookup(name)
+        found = self._namespace.lookup(name)
+        return VariableLookup(value=found.value, error=found.error, json=found.json)
 
     async def close(self) -> None:
         self._closed = True

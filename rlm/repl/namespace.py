@@ -10,6 +10,12 @@ namespace writes to the execution's sinks, and `sys.stdout`/`sys.stderr` are wra
 once by a proxy that sends writes from a capturing execution context to its sinks and
 everything else to the original stream. Two runs in two threads never see each other's
 output.
+
+The sandbox worker imports this module (and `rlm.repl.values`, `rlm.repl.helpers`) when
+it starts, so they import no `dataclasses` or `typing` at run time and `traceback` only
+when there is an error: `dataclasses` alone brings `inspect` and `dis`, and together they
+took 10-15 ms of the 40 ms a worker spent importing before it could take its first block
+(measured on the 2-core CI machine). Their small value classes use `__slots__` instead.
 """
 
 from __future__ import annotations
@@ -22,31 +28,40 @@ import linecache
 import os
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TextIO, TypeVar
 
-from rlm.repl.base import (
-    HELPER_NAMES,
-    RESERVED_NAMES,
-    ToolStub,
-    VariableLookup,
-    missing_variable_message,
-)
+from rlm.repl.helpers import HELPER_NAMES, RESERVED_NAMES, missing_variable_message
 from rlm.repl.values import NotJSON, answer_parts, to_json_value
 
-T = TypeVar("T")
+# Run time imports stay light: the sandbox worker imports this module at start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol, TextIO, TypeVar
+
+    T = TypeVar("T")
+
+    class ToolSpec(Protocol):
+        """What the namespace needs of a tool (`rlm.repl.base.ToolStub` is one)."""
+
+        @property
+        def name(self) -> str: ...
+        @property
+        def signature(self) -> str: ...
+        @property
+        def description(self) -> str: ...
+        @property
+        def shapes(self) -> tuple[str, ...]: ...
+
+    class TextSink(Protocol):
+        def write(self, text: str) -> int: ...
 
 
-class TextSink(Protocol):
-    def write(self, text: str) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
 class _Sinks:
-    stdout: TextSink
-    stderr: TextSink
+    __slots__ = ("stderr", "stdout")
+
+    def __init__(self, stdout: TextSink, stderr: TextSink) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 _current_sinks: contextvars.ContextVar[_Sinks | None] = contextvars.ContextVar(
@@ -98,32 +113,60 @@ def _ensure_routing_streams() -> None:
             sys.stderr = _RoutingStream(sys.stderr, lambda s: s.stderr)
 
 
-SubcallFn = Callable[[str, str | None], str]
-BatchedSubcallFn = Callable[[list[str], str | None], list[str]]
-ToolCallFn = Callable[[str, list[Any], dict[str, Any]], Any]
+if TYPE_CHECKING:
+    SubcallFn = Callable[[str, str | None], str]
+    BatchedSubcallFn = Callable[[list[str], str | None], list[str]]
+    ToolCallFn = Callable[[str, list[Any], dict[str, Any]], Any]
 
 
 def _no_tools(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     raise NameError(f"no tool named {name!r}")
 
 
-@dataclass(frozen=True, slots=True)
 class SubcallFunctions:
     """How the namespace's sub-call helpers and tool stubs reach the engine (blocking
     calls). `call_tool` takes JSON arguments and returns a JSON value."""
 
-    llm_query: SubcallFn
-    llm_query_batched: BatchedSubcallFn
-    rlm_query: SubcallFn
-    rlm_query_batched: BatchedSubcallFn
-    call_tool: ToolCallFn = _no_tools
+    __slots__ = ("call_tool", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched")
+
+    def __init__(
+        self,
+        llm_query: SubcallFn,
+        llm_query_batched: BatchedSubcallFn,
+        rlm_query: SubcallFn,
+        rlm_query_batched: BatchedSubcallFn,
+        call_tool: ToolCallFn = _no_tools,
+    ) -> None:
+        self.llm_query = llm_query
+        self.llm_query_batched = llm_query_batched
+        self.rlm_query = rlm_query
+        self.rlm_query_batched = rlm_query_batched
+        self.call_tool = call_tool
 
 
-@dataclass(frozen=True, slots=True)
 class CellOutcome:
-    error: str | None
-    final: str | None
-    final_json: str | None = None
+    """What `Namespace.run` gives back for one block."""
+
+    __slots__ = ("error", "final", "final_json")
+
+    def __init__(self, error: str | None, final: str | None, final_json: str | None = None):
+        self.error = error
+        self.final = final
+        self.final_json = final_json
+
+
+class Found:
+    """What `Namespace.lookup` gives back: the variable's answer text and its JSON, or
+    why there is none (the REPLs turn it into `rlm.repl.base.VariableLookup`)."""
+
+    __slots__ = ("error", "json", "value")
+
+    def __init__(
+        self, value: str | None, error: str | None = None, json: str | None = None
+    ) -> None:
+        self.value = value
+        self.error = error
+        self.json = json
 
 
 def _check_prompt(name: str, prompt: object) -> str:
@@ -152,7 +195,7 @@ class Namespace:
     """One persistent namespace holding `context` and the helper functions."""
 
     def __init__(
-        self, context: object, subcalls: SubcallFunctions, tools: Sequence[ToolStub] = ()
+        self, context: object, subcalls: SubcallFunctions, tools: Sequence[ToolSpec] = ()
     ) -> None:
         self._cell = 0
         self._final: tuple[str, str | None] | None = None
@@ -296,19 +339,19 @@ class Namespace:
             and name != "__builtins__"
         )
 
-    def lookup(self, name: str) -> VariableLookup:
+    def lookup(self, name: str) -> Found:
         """The answer text of a variable (JSON for structured values), and its JSON."""
         if self._is_variable(name):
             try:
                 text, data = answer_parts(self.globals[name])
             except Exception as exc:  # its __str__ failed (too deep, or broken)
-                return VariableLookup(
+                return Found(
                     value=None,
                     error=f"{name!r} cannot be turned into text ({type(exc).__name__}: "
                     f"{exc}); make the answer a str first.",
                 )
-            return VariableLookup(value=text, json=data)
-        return VariableLookup(value=None, error=missing_variable_message(name, self.variables()))
+            return Found(value=text, json=data)
+        return Found(value=None, error=missing_variable_message(name, self.variables()))
 
     def run(self, code: str, stdout: TextSink, stderr: TextSink) -> CellOutcome:
         """Execute one block; never raises for errors in the block itself."""
@@ -323,6 +366,8 @@ class Namespace:
             try:
                 tree = ast.parse(code, filename=filename, mode="exec")
             except SyntaxError as exc:
+                import traceback  # only when there is an error: not on every worker's start
+
                 error = "".join(traceback.format_exception_only(type(exc), exc))
                 return CellOutcome(error=error.rstrip(), final=None)
             trailing: ast.expr | None = None
@@ -360,7 +405,7 @@ class Namespace:
         return restored
 
 
-def _tool_stub(stub: ToolStub, call: ToolCallFn) -> Callable[..., Any]:
+def _tool_stub(stub: ToolSpec, call: ToolCallFn) -> Callable[..., Any]:
     """The REPL's function for a tool: JSON arguments out, a JSON value back."""
     name = stub.name
 
@@ -389,6 +434,8 @@ _RLM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 def _format_exception(exc: BaseException) -> str:
     """The traceback from the model's own frames on, cut where the call enters rlm (a
     helper's or a tool stub's failure reads as a failure of the call in the model's code)."""
+    import traceback  # only when there is an error: not on every worker's start
+
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next

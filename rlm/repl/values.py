@@ -11,10 +11,13 @@ This module imports only the standard library: the sandbox worker loads it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from typing import Any
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class NotJSON(TypeError):
@@ -45,7 +48,10 @@ def to_json_value(value: object, where: str = "value") -> Any:
     if callable(dump) and not isinstance(value, type):
         # A pydantic model: its own JSON form (no import of pydantic needed here).
         return to_json_value(dump(mode="json"), where)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    # An instance of a dataclass exists only once `dataclasses` was imported: the worker
+    # does not import it itself (see `rlm.repl.namespace` on start-up time).
+    dataclasses = sys.modules.get("dataclasses")
+    if dataclasses is not None and dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: to_json_value(getattr(value, f.name), f"{where}.{f.name}")
             for f in dataclasses.fields(value)

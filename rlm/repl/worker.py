@@ -15,7 +15,6 @@ When the host goes away the pipe closes and the worker exits at once.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import marshal
@@ -25,7 +24,12 @@ import signal
 import sys
 import threading
 import types
-from typing import Any, BinaryIO
+
+# Start-up time: no `typing`, `contextlib` or `dataclasses` at run time (see
+# `rlm.repl.namespace`).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 CONTEXT_CHUNK = 1 << 22
 EXIT_LOST_CONNECTION = 86  # rlm.repl.protocol.EXIT_LOST_CONNECTION
@@ -73,6 +77,19 @@ class _State:
             except OSError:
                 # The pipe is gone (the code closed it, or the host died): nothing to do.
                 os._exit(EXIT_LOST_CONNECTION)
+
+
+class _ToolSpec:
+    """A tool as the host described it (`rlm.repl.base.ToolStub`'s fields, without
+    importing `dataclasses` here)."""
+
+    __slots__ = ("description", "name", "shapes", "signature")
+
+    def __init__(self, name: str, signature: str, description: str, shapes: tuple[str, ...]):
+        self.name = name
+        self.signature = signature
+        self.description = description
+        self.shapes = shapes
 
 
 class _Slot:
@@ -145,7 +162,7 @@ def _reader(state: _State) -> None:
 
 
 def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
-    from rlm.repl.base import ToolError
+    from rlm.repl.helpers import ToolError
     from rlm.repl.namespace import SubcallFunctions
     from rlm.repl.protocol import TOOL_CALL
 
@@ -174,8 +191,10 @@ def _make_subcalls(state: _State, error_type: type[Exception]) -> Any:
             if abandoned and sent:
                 # The code moved on without the reply (interrupted at its time limit):
                 # the host stops the call rather than paying for an answer nobody reads.
-                with contextlib.suppress(Exception):
+                try:  # noqa: SIM105 (no contextlib: start-up time)
                     state.send({"op": "cancel", "id": call_id})
+                except Exception:
+                    pass
         reply = slot.message
         assert reply is not None
         if reply.get("ok"):
@@ -381,8 +400,10 @@ def _set_limit(name: str, soft: int) -> None:
     _, hard = resource.getrlimit(which)
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
-    with contextlib.suppress(ValueError, OSError):
+    try:  # noqa: SIM105 (no contextlib: start-up time)
         resource.setrlimit(which, (soft, hard))
+    except (ValueError, OSError):
+        pass
 
 
 def _apply_limits(limits: dict[str, Any]) -> None:
@@ -432,7 +453,7 @@ def _set_cpu_budget(seconds: float | None) -> None:
 
 
 def _serve(state: _State) -> None:
-    from rlm.repl.base import LLMQueryError, ToolStub
+    from rlm.repl.helpers import LLMQueryError
     from rlm.repl.namespace import Namespace
     from rlm.repl.output import OutputBuffer, cut_middle
 
@@ -483,7 +504,7 @@ def _serve(state: _State) -> None:
                     namespace.add_context(name, message.pop("value"))
                 else:
                     tools = [
-                        ToolStub(t["name"], t["signature"], t["description"], tuple(t["shapes"]))
+                        _ToolSpec(t["name"], t["signature"], t["description"], tuple(t["shapes"]))
                         for t in message.get("tools", ())
                     ]
                     namespace = Namespace(

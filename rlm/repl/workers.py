@@ -64,7 +64,7 @@ WORKER_BOOT = (
     "main(sys.argv[1:])\n"
 )
 # The worker's modules, in import order.
-WORKER_MODULES = ("protocol", "base", "output", "namespace", "worker")
+WORKER_MODULES = ("protocol", "helpers", "values", "output", "namespace", "worker")
 
 
 # -- the spawner thread ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 
@@ -92,6 +93,19 @@ async def test_final_and_final_var(kind: str) -> None:
         assert absent.value is None and absent.error and "answer" in absent.error
     finally:
         await repl.close()
+
+
+async def test_a_dataclass_the_code_defines_is_answered_as_its_fields(kind: str) -> None:
+    repl = await started(kind)
+    (result,) = await run_all(
+        repl,
+        "from dataclasses import dataclass\n"
+        "@dataclass\nclass Point:\n    x: int\n    y: list\n"
+        "p = Point(3, [1, 2])\nFINAL(p)",
+    )
+    assert result.error is None
+    assert result.final_json is not None
+    assert json.loads(result.final_json) == {"x": 3, "y": [1, 2]}
 
 
 async def test_output_is_cut_but_the_true_length_is_reported(kind: str) -> None:
