@@ -49,6 +49,7 @@ from rlm.providers.base import (
     describe_model,
     retry_listener,
 )
+from rlm.repl.background import BackgroundStartRepl
 from rlm.repl.base import Repl, ReplFactory, ReplHost
 from rlm.replies import ask_for_final, resolve_marker, run_blocks
 from rlm.result import Iteration, RLMResult, StopReason
@@ -241,8 +242,10 @@ class _Run:
                 )
             )
             if self.turn is None:
-                repl = config.repl_factory()
-                await repl.start(self.context, self.subcalls)
+                # Started beside the first model call: the model needs it only once it
+                # has written code (see rlm.repl.background).
+                repl = BackgroundStartRepl(config.repl_factory(), on_failure=self.abort)
+                await repl.begin(self.context, self.subcalls)
             else:
                 self.turn.attach(self.subcalls)
                 repl = self.turn.repl
@@ -255,25 +258,30 @@ class _Run:
             if interrupt is None:
                 ending = RunFinished(**self._base(), result=self._cancelled())
                 raise
-            # abort(): not a cancellation but the BaseException that caused it.
+            # abort(): not a cancellation but the exception that caused it.
             if self.task is not None:
                 self.task.uncancel()
             ending = self._failed(interrupt)
-            raise interrupt from interrupt.__cause__
+            raise self._with_result(interrupt) from interrupt.__cause__
         except Exception as exc:
             ending = self._failed(exc)
             if not isinstance(exc, RLMError):
                 raise
-            # A copy: `exc` may be shared (a child run's error, a scripted step), and the
-            # caller must get this run's result, not that of the first run that saw it.
-            error = exc.with_result(self._result(None, Stop("error", str(exc)), error=exc))
-            raise error from exc.__cause__
+            raise self._with_result(exc) from exc.__cause__
         except BaseException as exc:
             ending = self._failed(exc)
             raise
         finally:
             await self._finish(repl, ending, quiet=not ended)
         return result
+
+    def _with_result(self, exc: BaseException) -> BaseException:
+        """What the caller gets for `exc`: an `RLMError` carries this run's result."""
+        if not isinstance(exc, RLMError):
+            return exc
+        # A copy: `exc` may be shared (a child run's error, a scripted step), and the
+        # caller must get this run's result, not that of the first run that saw it.
+        return exc.with_result(self._result(None, Stop("error", str(exc)), error=exc))
 
     def _failed(self, exc: BaseException) -> RunFailed:
         return RunFailed(**self._base(), error_type=type(exc).__name__, error=str(exc))
@@ -286,9 +294,10 @@ class _Run:
         return self._result(None, Stop(reason, "the run was cancelled"))
 
     def abort(self, exc: BaseException) -> None:
-        """End the run with `exc`, a BaseException (KeyboardInterrupt, SystemExit...) that
-        a sub-call's model or a subscriber raised on another task: the run's task is
-        cancelled, and `execute` raises `exc` instead of the cancellation."""
+        """End the run with `exc`, raised on another task: a BaseException
+        (KeyboardInterrupt, SystemExit...) from a sub-call's model or a subscriber, or
+        the REPL's failure to start in the background. The run's task is cancelled, and
+        `execute` raises `exc` instead of the cancellation."""
         if self.interrupt is None:
             self.interrupt = exc
             if self.task is not None and not self.task.done():
