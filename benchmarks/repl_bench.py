@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 MB = 1 << 20
@@ -263,8 +264,12 @@ def main() -> None:
             print(json.dumps(one_salary_run(rest[0])))
         return
 
+    from bytecode import compile_for
+
     from rlm.repl import bwrap
 
+    # As installed: no module compiled from source in a timed step (see bytecode.py).
+    compile_for(sys.executable, Path(__file__).resolve().parent.parent / "rlm")
     ok, problem = bwrap.works()
     kinds = ["inprocess", *(["bwrap"] if ok else []), "none"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, bwrap: {ok or problem}")

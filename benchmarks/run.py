@@ -45,6 +45,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bytecode import compile_for  # noqa: E402
 from fakellm import FakeLLM  # noqa: E402
 from scripts import (  # noqa: E402
     FRAMEWORKS,
@@ -976,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
         return render_saved(Path(args.render), args.markdown)
 
     ensure_reference_envs(args.frameworks)
+    for fw in args.frameworks:  # as installed: no module compiled from source in a run
+        compile_for(python_for(fw), *([HERE.parent / "rlm"] if fw == "rlm" else []))
     versions = reference_versions(args.frameworks)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
