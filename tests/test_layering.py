@@ -38,3 +38,17 @@ def test_the_engine_keeps_the_public_names_users_import() -> None:
 
     assert RLM is rlm.RLM
     assert ReplSpec is not None and ToolsSpec is not None
+
+
+# Modules split out of a larger one: the part that was moved out must not import the
+# module that uses it (the import goes one way, so neither can grow a cycle).
+ONE_WAY = [
+    ("repl/connection.py", "rlm.repl.subprocess"),
+]
+
+
+@pytest.mark.parametrize(("module", "user"), ONE_WAY)
+def test_a_split_out_module_does_not_import_its_user(module: str, user: str) -> None:
+    imported = imported_modules(PACKAGE / module)
+    wrong = sorted(n for n in imported if n == user or n.startswith(f"{user}."))
+    assert wrong == [], f"{module} imports {wrong}, which imports it"

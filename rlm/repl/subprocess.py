@@ -11,7 +11,8 @@ gathered concurrently by the host.
 When a block runs past `ReplLimits.wall_seconds` it is interrupted (variables kept); if it
 does not stop, or the worker dies (memory, a segfault, `os._exit`), the result carries a
 one-line `error` and `restarted=True`, and a fresh worker with the context reloaded takes
-over. The host process is never at risk.
+over. The host process is never at risk. The host's end of the pipes (the bounded frame
+reader, the checks on every message, serving sub-calls) is `rlm.repl.connection`.
 
 Workers (`rlm.repl.workers`) start in a few tens of milliseconds; to take even that off a
 run, one spare worker per configuration is kept started in the background (`prestart`).
@@ -22,20 +23,14 @@ How the context travels is in `rlm.repl.transfer`; isolation and limits in
 from __future__ import annotations
 
 import asyncio
-import codecs
-import concurrent.futures
 import contextlib
-import functools
 import itertools
-import json
 import logging
-import marshal
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -43,442 +38,21 @@ from rlm.errors import ReplError, SandboxUnavailableError
 from rlm.repl import workers
 from rlm.repl.base import (
     ExecutionResult,
-    LLMQueryError,
     ReplFactory,
     ReplHost,
-    ToolError,
     VariableLookup,
     host_tools,
 )
+from rlm.repl.connection import WorkerConnection, WorkerGone
 from rlm.repl.output import OutputBuffer
-from rlm.repl.protocol import BATCHED_FUNCTIONS, HEADER, MAX_FRAME, SUBCALL_FUNCTIONS, TOOL_CALL
+from rlm.repl.protocol import MAX_FRAME
 from rlm.repl.sandbox import Isolation, ReplLimits, describe_exit
-from rlm.repl.transfer import (
-    BATCH_ITEMS,
-    INLINE_CHARS,
-    ChunkWriter,
-    TransferCancelled,
-    context_plan,
-    function_in,
-)
+from rlm.repl.transfer import BATCH_ITEMS, INLINE_CHARS, context_plan, function_in
 from rlm.repl.workers import BwrapFailed, SpawnConfig, WorkerProcess
 
 __all__ = ["ReplLimits", "SubprocessRepl"]
 
 logger = logging.getLogger("rlm.repl")
-
-STDERR_TAIL = 4000
-
-
-# -- the host's end of one worker, attached to an event loop ---------------------------------
-
-
-class _WorkerGone(Exception):
-    """The worker ended, or broke the protocol or a bound of the host (`violation`: the
-    name of the bound, or "protocol"), so it is being replaced."""
-
-    def __init__(
-        self, reason: str = "", *, protocol: bool = False, violation: str | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.protocol = protocol or violation is not None
-        self.violation = violation or ("protocol" if protocol else None)
-
-
-def _over(limit: str, reason: str) -> _WorkerGone:
-    return _WorkerGone(reason, violation=limit)
-
-
-def _nesting_within(value: object, limit: int) -> bool:
-    """Whether `value` (decoded JSON) nests no deeper than `limit` (only containers are
-    walked, so long strings cost nothing)."""
-    stack: list[tuple[dict[Any, Any] | list[Any], int]] = []
-    if isinstance(value, dict | list):
-        stack.append((value, 1))
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return True
-
-
-_STR_OR_NONE = (str, type(None))
-
-
-def _check_message(message: object, limits: ReplLimits) -> dict[str, Any]:
-    """The worker is untrusted: every message is checked before it is used."""
-    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
-        raise _WorkerGone("a message that is not an object with an 'op'", protocol=True)
-    op = message["op"]
-
-    def need(name: str, types: type | tuple[type, ...]) -> None:
-        value = message.get(name)
-        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
-            raise _WorkerGone(f"a {op!r} message with a bad {name!r}", protocol=True)
-
-    if op == "done":
-        need("id", int)
-        for name in ("stdout", "stderr"):
-            need(name, str)
-        for name in ("stdout_chars", "stderr_chars"):
-            need(name, int)
-        need("error", _STR_OR_NONE)
-        need("final", _STR_OR_NONE)
-        _answer_within(message["final"], limits)
-        need("final_json", _STR_OR_NONE)
-        _answer_within(message["final_json"], limits)
-    elif op == "call" and message.get("fn") == TOOL_CALL:
-        need("id", int)
-        need("name", str)
-        need("args", list)
-        need("kwargs", dict)
-    elif op == "call":
-        need("id", int)
-        need("model", _STR_OR_NONE)
-        fn = message.get("fn")
-        if fn not in SUBCALL_FUNCTIONS:
-            raise _WorkerGone(f"a call to an unknown function {fn!r}", protocol=True)
-        if fn in BATCHED_FUNCTIONS:
-            need("prompts", list)
-            if not all(isinstance(p, str) for p in message["prompts"]):
-                raise _WorkerGone("a batched call with a prompt that is not text", protocol=True)
-        else:
-            need("prompt", str)
-    elif op == "cancel":
-        need("id", int)
-    elif op == "lookup_result":
-        need("value", _STR_OR_NONE)
-        need("error", _STR_OR_NONE)
-        _answer_within(message["value"], limits)
-        need("json", _STR_OR_NONE)
-        _answer_within(message["json"], limits)
-    elif op == "load_failed":
-        need("error", str)
-    elif op not in ("spawned", "loaded"):
-        raise _WorkerGone(f"an unknown message {op!r}", protocol=True)
-    return message
-
-
-def _answer_within(answer: str | None, limits: ReplLimits) -> None:
-    if answer is not None and len(answer) > limits.answer_chars:
-        raise _over(
-            "answer_chars",
-            f"an answer of {len(answer):,} characters (answer_chars allows "
-            f"{limits.answer_chars:,})",
-        )
-
-
-class _Connection:
-    """Frames in and out of one worker on the current event loop, and its fd 1/2 output.
-
-    The frame reader bounds what the worker can make the host hold, the same way for
-    every kind of frame: the frame being read plus the frames of sub-calls still being
-    served may not pass `ReplLimits.host_buffer_mb` in all (checked from the header,
-    before the body is read), nor calls in flight `max_pending_calls`, nor JSON nesting
-    `json_depth`. Past a bound the worker is killed at once.
-    """
-
-    def __init__(self, process: WorkerProcess, host: ReplHost, limits: ReplLimits) -> None:
-        self.process = process
-        self.host = host
-        self.limits = limits
-        self._buffer_cap = limits.host_buffer_mb << 20
-        self._held = 0  # bytes of frames whose sub-calls are still being served
-        self.loop = asyncio.get_running_loop()
-        self._inbox = bytearray()
-        self._outbox = bytearray()
-        self._writing = False
-        self._streaming = False
-        self.gone: _WorkerGone | None = None
-        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.calls: set[asyncio.Task[None]] = set()
-        # The call each id names, for a `cancel` from the worker (an untrusted worker may
-        # reuse an id: it can then cancel only the latest call of that id).
-        self.call_ids: dict[int, asyncio.Task[None]] = {}
-        half = max(1, limits.output_chars // 2)
-        self._half = half
-        self.fd_stdout = OutputBuffer(half, half)
-        self.fd_stderr = OutputBuffer(half, half)
-        self.stderr_tail = ""
-        self._decoders = {
-            process.stdout: codecs.getincrementaldecoder("utf-8")("replace"),
-            process.stderr: codecs.getincrementaldecoder("utf-8")("replace"),
-        }
-        self.attached = True
-        if process.preread:
-            self._inbox += process.preread
-            process.preread = b""
-            self.loop.call_soon(self._parse_inbox)
-        self.loop.add_reader(process.from_worker, self._on_readable)
-        self.loop.add_reader(process.stdout, self._on_output, process.stdout)
-        self.loop.add_reader(process.stderr, self._on_output, process.stderr)
-
-    # -- output on fd 1/2 (subprocesses, C code, threads without a capture) --
-
-    def _on_output(self, fd: int) -> None:
-        self._drain_output(fd, rounds=4)
-
-    def _drain_output(self, fd: int, rounds: int) -> None:
-        for _ in range(rounds):
-            try:
-                data = os.read(fd, 1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(ValueError, RuntimeError):
-                    self.loop.remove_reader(fd)
-                return
-            text = self._decoders[fd].decode(data)
-            if fd == self.process.stdout:
-                self.fd_stdout.write(text)
-            else:
-                self.fd_stderr.write(text)
-                self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL:]
-
-    def drain(self) -> None:
-        """Read what fd 1 and fd 2 hold right now (writes made before the last message)."""
-        if not self.process.fds_closed:
-            self._drain_output(self.process.stdout, rounds=64)
-            self._drain_output(self.process.stderr, rounds=64)
-
-    def take_fd_output(self) -> tuple[OutputBuffer, OutputBuffer]:
-        """What fd 1 and fd 2 carried since last time."""
-        self.drain()
-        out, err = self.fd_stdout, self.fd_stderr
-        self.fd_stdout = OutputBuffer(self._half, self._half)
-        self.fd_stderr = OutputBuffer(self._half, self._half)
-        return out, err
-
-    # -- frames from the worker --
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self.process.from_worker, 1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._fail(_WorkerGone("the worker closed its connection"))
-            return
-        self._inbox += data
-        self._parse_inbox()
-
-    def _parse_inbox(self) -> None:
-        try:
-            while len(self._inbox) >= HEADER.size and self.gone is None:
-                (size,) = HEADER.unpack_from(self._inbox)
-                if size > MAX_FRAME:
-                    raise _over("frame_bytes", f"a frame of {size:,} bytes")
-                if self._held + size > self._buffer_cap:
-                    raise _over(
-                        "bytes_in_flight",
-                        f"a frame of {size:,} bytes while the host held {self._held:,} "
-                        f"(host_buffer_mb allows {self.limits.host_buffer_mb:,} MB in all)",
-                    )
-                if len(self._inbox) < HEADER.size + size:
-                    break
-                payload = self._inbox[HEADER.size : HEADER.size + size]
-                del self._inbox[: HEADER.size + size]
-                self._dispatch(self._decode(payload), size)
-        except _WorkerGone as gone:
-            self._fail(gone)
-
-    def _decode(self, payload: bytearray) -> dict[str, Any]:
-        depth = self.limits.json_depth
-        try:
-            message = json.loads(payload.decode("utf-8", "surrogatepass"))
-        except RecursionError:
-            raise _over("json_depth", f"a frame nested deeper than {depth} levels") from None
-        except ValueError:
-            raise _WorkerGone("a frame that is not JSON", protocol=True) from None
-        if not _nesting_within(message, depth):
-            raise _over("json_depth", f"a frame nested deeper than {depth} levels")
-        return _check_message(message, self.limits)
-
-    def _dispatch(self, message: dict[str, Any], size: int) -> None:
-        op = message["op"]
-        if op == "call":
-            if len(self.calls) >= self.limits.max_pending_calls:
-                raise _over(
-                    "pending_calls",
-                    f"more than {self.limits.max_pending_calls:,} sub-calls at once "
-                    "(max_pending_calls)",
-                )
-            self._held += size
-            task = self.loop.create_task(self._serve_call(message))
-            self.calls.add(task)
-            self.call_ids[message["id"]] = task
-            task.add_done_callback(functools.partial(self._call_done, message["id"], size))
-            return
-        if op == "cancel":
-            call = self.call_ids.get(message["id"])
-            if call is not None:
-                call.cancel()
-            return
-        key = {"loaded": "load", "load_failed": "load", "done": "exec"}.get(op, op)
-        if op == "done":
-            key = f"exec:{message['id']}"
-        waiter = self.waiters.pop(key, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(message)
-
-    def _call_done(self, call_id: int, size: int, task: asyncio.Task[None]) -> None:
-        self.calls.discard(task)
-        if self.call_ids.get(call_id) is task:
-            del self.call_ids[call_id]
-        self._held -= size
-
-    async def _serve_call(self, message: dict[str, Any]) -> None:
-        fn, model = message["fn"], message.get("model")
-        reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
-        try:
-            if fn == TOOL_CALL:
-                value: Any = await self.host.call_tool(
-                    message["name"], message["args"], message["kwargs"]
-                )
-            elif fn == "llm_query":
-                value = await self.host.llm_query(message["prompt"], model)
-            elif fn == "rlm_query":
-                value = await self.host.rlm_query(message["prompt"], model)
-            elif fn == "llm_query_batched":
-                value = await self.host.llm_query_batched(message["prompts"], model)
-            else:
-                value = await self.host.rlm_query_batched(message["prompts"], model)
-            reply.update(ok=True, value=value)
-        except (LLMQueryError, ToolError) as exc:
-            reply.update(ok=False, error=str(exc))
-        except Exception as exc:
-            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-        self.send(reply)
-
-    def _fail(self, gone: _WorkerGone) -> None:
-        if self.gone is None:
-            self.gone = gone
-        self.detach()
-        if gone.violation is not None:
-            # Stop it at once: it holds nothing the run can still use.
-            self._inbox.clear()
-            self.process.send_kill()
-            for task in self.calls:
-                task.cancel()
-        for waiter in self.waiters.values():
-            if not waiter.done():
-                waiter.set_exception(self.gone)
-        self.waiters.clear()
-
-    # -- frames to the worker --
-
-    def send(self, message: dict[str, Any]) -> None:
-        if self.gone is not None or not self.attached:
-            return
-        payload = marshal.dumps(message, 4)
-        self._outbox += HEADER.pack(len(payload))
-        self._outbox += payload
-        if not self._writing and not self._streaming:
-            self._flush()
-
-    async def send_stream(
-        self, message: dict[str, Any], produce: Callable[[ChunkWriter], None]
-    ) -> None:
-        """Send `message`, then the stream `produce` writes, from a thread; other frames
-        wait until it is done."""
-        if self.gone is not None:
-            raise self.gone
-        frame = marshal.dumps(message, 4)
-        fd = self.process.to_worker
-        cancelled = threading.Event()
-
-        def run() -> None:
-            out = ChunkWriter(fd, cancelled)
-            try:
-                out.write_raw(HEADER.pack(len(frame)))
-                out.write_raw(frame)
-                try:
-                    produce(out)
-                finally:
-                    out.close()
-            except TransferCancelled as exc:
-                raise _WorkerGone(str(exc)) from None
-            except OSError as exc:
-                raise _WorkerGone("the worker stopped reading its pipe") from exc
-
-        self._streaming = True
-        try:
-            await asyncio.to_thread(run)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        finally:
-            self._streaming = False
-        if self._outbox:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._streaming:
-            return
-        try:
-            while self._outbox:
-                written = os.write(self.process.to_worker, self._outbox)
-                del self._outbox[:written]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self._outbox.clear()
-            self._fail(_WorkerGone("the worker closed its connection"))
-            return
-        if self._outbox and not self._writing:
-            self._writing = True
-            self.loop.add_writer(self.process.to_worker, self._on_writable)
-        elif not self._outbox and self._writing:
-            self._writing = False
-            self.loop.remove_writer(self.process.to_worker)
-
-    def _on_writable(self) -> None:
-        self._flush()
-
-    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
-        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        if self.gone is not None:
-            future.set_exception(self.gone)
-        else:
-            self.waiters[key] = future
-        return future
-
-    def detach(self) -> None:
-        if not self.attached:
-            return
-        self.attached = False
-        for fd in (self.process.from_worker, self.process.stdout, self.process.stderr):
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
-                self.loop.remove_reader(fd)
-        if self._writing:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):
-                self.loop.remove_writer(self.process.to_worker)
-            self._writing = False
-
-    async def shutdown(self) -> concurrent.futures.Future[None]:
-        """Detach, cancel sub-calls in flight, and dispose of the process (on the reaper
-        thread: the returned future says when it is gone)."""
-        for waiter in self.waiters.values():
-            waiter.cancel()
-        self.waiters.clear()
-        self.detach()
-        self.process.send_kill()
-        calls = list(self.calls)
-        for task in calls:
-            task.cancel()
-        if calls:
-            await asyncio.gather(*calls, return_exceptions=True)
-        return workers.reaper.submit(self.process.dispose)
-
-
-# -- the REPL ---------------------------------------------------------------------------------
 
 
 class SubprocessRepl:
@@ -523,7 +97,7 @@ class SubprocessRepl:
         self._hide = tuple(str(p) for p in hide)
         self._prestart = prestart
         self._config: SpawnConfig | None = None
-        self._conn: _Connection | None = None
+        self._conn: WorkerConnection | None = None
         self._context: object = None
         # A session's later contexts (`context_1`, ...): a new worker gets them all again.
         self._more_contexts: dict[str, object] = {}
@@ -590,7 +164,7 @@ class SubprocessRepl:
         if self._closed:
             await asyncio.to_thread(process.dispose)
             raise ReplError("the REPL was closed while starting")
-        self._conn = _Connection(process, self._host, self.limits)
+        self._conn = WorkerConnection(process, self._host, self.limits)
         self._replenish = _when_to_replenish(self._context, spare) if self._prestart else "never"
         if self._replenish == "now":
             workers.pool.replenish(self._config)
@@ -619,7 +193,7 @@ class SubprocessRepl:
             "nproc_shared": process.config.isolation != "bwrap",
         }
 
-    async def _load_all(self, conn: _Connection) -> None:
+    async def _load_all(self, conn: WorkerConnection) -> None:
         await self._load(conn, "context", self._context)
         for name, value in list(self._more_contexts.items()):
             await self._load(conn, name, value)
@@ -639,7 +213,7 @@ class SubprocessRepl:
             await self._load(conn, name, value)
             self._more_contexts[name] = value
 
-    async def _load(self, conn: _Connection, name: str, context: object) -> None:
+    async def _load(self, conn: WorkerConnection, name: str, context: object) -> None:
         process = conn.process
         if isinstance(context, str) and len(context) > INLINE_CHARS:
             # Finding a large str's kind reads all of it: not on the event loop.
@@ -670,14 +244,14 @@ class SubprocessRepl:
         else:
             try:
                 await conn.send_stream(message, produce)
-            except _WorkerGone:
+            except WorkerGone:
                 pass  # the worker is gone; `loaded` says why
             except Exception as exc:
                 failure = exc
         del message, spec, produce
         try:
             reply = await loaded
-        except _WorkerGone as gone:
+        except WorkerGone as gone:
             if failure is None:
                 detail = await self._exit_line(conn, gone)
                 said = conn.stderr_tail.strip()[-1000:]
@@ -713,7 +287,7 @@ class SubprocessRepl:
             "not your project folder); or use repl='inprocess'."
         )
 
-    async def _ready(self) -> _Connection:
+    async def _ready(self) -> WorkerConnection:
         if self._closed:
             raise ReplError("the REPL is closed")
         if self._conn is None or self._loading is None:
@@ -721,7 +295,7 @@ class SubprocessRepl:
         await asyncio.shield(self._loading)
         return self._conn
 
-    async def _exit_line(self, conn: _Connection, gone: _WorkerGone | None) -> str:
+    async def _exit_line(self, conn: WorkerConnection, gone: WorkerGone | None) -> str:
         """Why the worker ended, in one line (waits briefly for it to exit)."""
         process = conn.process
         if gone is not None and gone.violation not in (None, "protocol"):
@@ -758,7 +332,7 @@ class SubprocessRepl:
             stderr_tail=conn.stderr_tail,
         )
 
-    async def _restart(self, old: _Connection) -> None:
+    async def _restart(self, old: WorkerConnection) -> None:
         self.restarts += 1
         await old.shutdown()
         await self._connect()
@@ -819,7 +393,7 @@ class SubprocessRepl:
             return await self._after_death(conn, line, fd_out, fd_err, started)
         try:
             message = done.result()
-        except _WorkerGone as gone:
+        except WorkerGone as gone:
             line = await self._exit_line(conn, gone)
             fd_out, fd_err = conn.take_fd_output()
             return await self._after_death(
@@ -848,7 +422,7 @@ class SubprocessRepl:
 
     async def _after_death(
         self,
-        conn: _Connection,
+        conn: WorkerConnection,
         line: str,
         fd_out: OutputBuffer,
         fd_err: OutputBuffer,
@@ -895,7 +469,7 @@ class SubprocessRepl:
                 )
             try:
                 message = found.result()
-            except _WorkerGone as gone:
+            except WorkerGone as gone:
                 line = await self._exit_line(conn, gone)
                 await self._restart(conn)
                 return VariableLookup(
