@@ -28,6 +28,7 @@ class BackgroundStartRepl:
         self._on_failure = on_failure
         self._starting: asyncio.Task[None] | None = None
         self._waiting = 0
+        self._closing = False
 
     async def begin(self, context: object, host: ReplHost) -> None:
         """Start the inner REPL in the background; raise what fails before it yields."""
@@ -39,7 +40,8 @@ class BackgroundStartRepl:
             self._starting.add_done_callback(self._started)
 
     def _started(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None or self._waiting:
+        # Nobody to tell when a block is waiting (it gets the error) or the run is over.
+        if task.cancelled() or task.exception() is None or self._waiting or self._closing:
             return
         self._on_failure(task.exception())  # type: ignore[arg-type]
 
@@ -65,6 +67,7 @@ class BackgroundStartRepl:
         return await (await self._ready()).lookup_variable(name)
 
     async def close(self) -> None:
+        self._closing = True
         starting = self._starting
         if starting is not None and not starting.done():
             starting.cancel()
