@@ -94,3 +94,13 @@ def test_a_run_that_writes_no_code_leaves_no_worker_behind(clean: Snapshot) -> N
     for _ in range(3):
         result = rlm.run("q", "c", model=ScriptedModel(["FINAL(no code needed)"]))
         assert result.answer == "no code needed"
+
+
+def test_a_block_waiting_for_a_start_that_fails_gets_its_error() -> None:
+    events: list[Event] = []
+    model = ScriptedModel([code("x = 1"), "FINAL(x)"])
+    with pytest.raises(SandboxUnavailableError, match="no namespaces") as failed:
+        rlm.run("q", "c", model=model, repl=FailingRepl, on_event=events.append)
+    assert failed.value.result is not None and failed.value.result.stop_reason == "error"
+    assert len(model.calls) == 1  # the block waited for the REPL; no second turn
+    assert [type(e).__name__ for e in events].count("RunFailed") == 1
