@@ -47,6 +47,10 @@ ONE_WAY = [
     ("cli_commands.py", "rlm.cli"),
     ("cli_output.py", "rlm.cli"),
     ("cli_output.py", "rlm.cli_commands"),
+    ("telemetry/records.py", "rlm.telemetry.trajectory"),
+    # shared by trajectories and batch results, so it imports neither
+    ("_jsonl.py", "rlm.telemetry"),
+    ("_jsonl.py", "rlm.batch"),
 ]
 
 

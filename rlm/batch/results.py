@@ -4,7 +4,7 @@ Each line is `{"id", "index", "status", "attempts", "error", "result"}` where `r
 the item's `RLMResult` in the plain-JSON form of `rlm._serde` (the form trajectories
 use), so reading a line back rebuilds the exact `RLMResult`. Lines are flushed as they
 are written; a crash can cut off only the last one, which `ResultsFile` drops (and cuts
-from the file) when it is opened again.
+from the file, with `rlm._jsonl.drop_cut_off_line`) when it is opened again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from rlm._jsonl import drop_cut_off_line
 from rlm._serde import from_jsonable, to_jsonable
 from rlm.batch.outcome import Outcome
 from rlm.errors import ConfigurationError
@@ -44,12 +45,9 @@ class ResultsFile:
             ) from exc
 
     def _read_back(self) -> None:
-        raw = self.path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):
-            # A line cut off by a crash: drop it so the next line starts clean.
-            with open(self.path, "r+b") as handle:
-                handle.truncate(len(complete))
+        # A line cut off by a crash: drop it so the next line starts clean.
+        drop_cut_off_line(self.path)
+        complete = self.path.read_bytes()
         for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue

@@ -19,7 +19,7 @@ subcall    {id, model, recursive, prompt, prompt_chars, batch_index, batch_size,
             tokens_in, tokens_out, cost}
 ```
 
-The tree is `rlm.telemetry.trajectory.build_runs` (the one place events are folded into
+The tree is `rlm.telemetry.records.build_runs` (the one place events are folded into
 runs) rendered as dicts for the page. Sub-calls hang under the code block that made them
 (`SubcallStarted.exec_id`), child runs under the sub-call that started them
 (`RunStarted.parent_subcall_id`). The root runs of a `Session` are its turns: `turn`
@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rlm.events import Event, IterationStarted, RunFailed, RunFinished
-from rlm.telemetry.trajectory import (
+from rlm.telemetry.records import (
     CodeRecord,
     ModelCallRecord,
     RunRecord,
