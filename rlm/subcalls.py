@@ -319,7 +319,8 @@ class SubcallRouter:
                 response = await run.call_model(
                     model,
                     info,
-                    [Message("user", prompt)],
+                    # Marked as call_model would mark it, without copying it there.
+                    [Message("user", prompt, cache_breakpoint=True)],
                     purpose="subcall",
                     subcall_id=subcall_id,
                     call_path=path,

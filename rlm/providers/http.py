@@ -32,12 +32,14 @@ model yourself is never changed.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
 import ssl
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,13 @@ IDLE_EXPIRY_S = 4.0
 LIMITS = httpx2.Limits(
     max_connections=1000, max_keepalive_connections=100, keepalive_expiry=IDLE_EXPIRY_S
 )
+
+
+_SDKS = ("openai", "anthropic")
+
+#: Bodies up to this size (with a `Content-Length`, not an event stream) are read in
+#: the transport: see `_CauseTransport`.
+EAGER_READ_BYTES = 1 << 20
 
 
 @functools.cache
@@ -139,8 +148,12 @@ class _CauseTransport(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        started = time.perf_counter()
         try:
             response = await self._inner.handle_async_request(request)
+            if _read_here(response):
+                await _read(response, started)
+                return response
         except httpx2.TimeoutException as exc:
             if timed_out(exc):
                 raise
@@ -150,6 +163,33 @@ class _CauseTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _read_here(response: httpx2.Response) -> bool:
+    """Whether the body is small, of known length and not an event stream: then it is
+    read before the response is returned, as the SDK would read it at once."""
+    headers = response.headers
+    length = headers.get("content-length")
+    return (
+        length is not None
+        and length.isdigit()
+        and int(length) <= EAGER_READ_BYTES
+        and "event-stream" not in headers.get("content-type", "")
+    )
+
+
+async def _read(response: httpx2.Response, started: float) -> None:
+    """Read the body through the transport's stream into `response`: the response is
+    then read and closed (its connection released) when httpx2 gets it."""
+    stream = response.stream
+    assert isinstance(stream, httpx2.AsyncByteStream)
+    try:
+        body = b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+    response.stream = httpx2.ByteStream(body)
+    response.read()  # decodes a Content-Encoding as reading the stream would
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
 
 
 class _CauseStream(httpx2.AsyncByteStream):
@@ -207,6 +247,22 @@ class PreparedRequests:
     """
 
     _idempotency_header: str | None
+    _version: str
+
+    @property
+    def user_agent(self) -> str:
+        # The SDKs name the client's class here: say "AsyncOpenAI/Python 3.x" as their
+        # own client does, not the name of rlm's subclass.
+        sdk = next(c for c in type(self).__mro__ if c.__module__.split(".")[0] in _SDKS)
+        return f"{sdk.__name__}/Python {self._version}"
+
+    def _idempotency_key(self) -> str:
+        # The SDK makes a key (a uuid4) for every POST but sends it only under an
+        # idempotency header, which neither SDK's client has.
+        if self._idempotency_header:
+            key: str = super()._idempotency_key()  # type: ignore[misc]
+            return key
+        return ""
 
     def _build_request(self, options: Any, *, retries_taken: int = 0) -> httpx2.Request:
         key = _template_key(options, retries_taken)
@@ -222,7 +278,9 @@ class PreparedRequests:
             headers.pop("content-length", None)
             if self._idempotency_header:
                 headers.pop(self._idempotency_header, None)
-            templates[key] = _Template(request.method, request.url, headers, request.extensions)
+            templates[key] = _Template(
+                request.method, request.url, headers, headers.encoding, request.extensions
+            )
             return request
         try:
             body = _dumps(options.json_data)
@@ -232,7 +290,7 @@ class PreparedRequests:
         # Built as httpx2 copies a request (`stream=`), with the headers `content=` would
         # have added: what `content=` adds besides (parsing the content type, merging
         # default headers, rebuilding the header list) cost more than the rest of this.
-        headers = httpx2.Headers(template.headers)
+        headers = httpx2.Headers(template.headers, encoding=template.encoding)
         headers["Content-Length"] = str(len(body))
         request = httpx2.Request(
             template.method,
@@ -252,6 +310,7 @@ class _Template:
     method: str
     url: httpx2.URL
     headers: httpx2.Headers
+    encoding: str  # worked out once: a copy made without it decodes every header again
     extensions: Mapping[str, Any]
 
 
@@ -281,6 +340,9 @@ def _nonempty_mapping(value: object) -> bool:
     return isinstance(value, Mapping) and bool(value)  # NotGiven is neither
 
 
+# As the SDKs serialise JSON bodies (and httpx2 does); one encoder, not one per request.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(body: object) -> bytes:
-    # As the SDKs serialise JSON bodies (and httpx2 does).
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()

@@ -14,6 +14,7 @@ your own price if your requests are that long.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -122,11 +123,19 @@ def set_price(model: str, price: Price) -> None:
 
 def price_for(model: str) -> Price | None:
     """The price of `model`: its own entry, else its base name's for a dated snapshot."""
-    with _lock:
-        for name in name_candidates(model):
-            if name in _prices:
-                return _prices[name]
+    # Read without the lock (called for every model call): a dict look-up is atomic,
+    # and `set_price` changes one entry at a time.
+    prices = _prices
+    for name in _candidates(model):
+        price = prices.get(name)
+        if price is not None:
+            return price
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _candidates(model: str) -> tuple[str, ...]:
+    return tuple(name_candidates(model))
 
 
 def cost_usd(model: str, usage: Usage) -> float | None:

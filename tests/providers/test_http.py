@@ -5,6 +5,7 @@ connection failures named by their cause."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import shutil
 import ssl
@@ -22,7 +23,7 @@ from rlm.providers import http
 from rlm.providers.anthropic import AnthropicModel
 from rlm.providers.openai import OpenAIModel
 from rlm.providers.retry import RetryPolicy
-from rlm.testing.server import FakeLLMServer, Reply
+from rlm.testing.server import FakeLLMServer, RawReply, Reply
 
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 REQUEST = rlm.ModelRequest(messages=(rlm.Message("user", "hi"),))
@@ -293,3 +294,64 @@ async def test_a_request_with_its_own_options_is_built_by_the_sdk(server: FakeLL
     assert extra.headers.get("x-extra") == "yes"
     assert "x-extra" not in again.headers and "x-extra" not in plain.headers
     assert again.headers.get("authorization") == plain.headers.get("authorization")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_reply_cut_off_mid_body_is_a_broken_connection(provider: str) -> None:
+    # A small JSON body of known length is read in the transport, before the SDK sees
+    # the response: a short one is still a failed connection (retried as one), neither
+    # a malformed reply nor a timeout.
+    async def half_a_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n"
+            b'{"id": "cut'
+        )
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(half_a_reply, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        model = model_for(provider, f"http://127.0.0.1:{port}/v1", timeout=5)
+        with pytest.raises(ProviderUnavailableError) as raised:
+            await model.complete(REQUEST)
+    finally:
+        listener.close()
+
+    message = str(raised.value)
+    assert "could not reach" in message and "timeout" not in message
+
+
+@pytest.mark.parametrize(
+    ("provider", "sdk_client"), [("openai", "AsyncOpenAI"), ("anthropic", "AsyncAnthropic")]
+)
+async def test_requests_name_the_sdk_client_as_its_own_client_does(
+    provider: str, sdk_client: str, server: FakeLLMServer
+) -> None:
+    server.push("one", "two")
+    model = model_for(provider, url_for(provider, server), api_key="sk-test")
+
+    await model.complete(REQUEST)
+    await model.complete(REQUEST)
+
+    agents = {sent.headers["user-agent"] for sent in server.requests}
+    assert len(agents) == 1 and agents.pop().startswith(f"{sdk_client}/Python ")
+
+
+async def test_a_compressed_reply_is_decompressed(server: FakeLLMServer) -> None:
+    completion = {
+        "id": "c1",
+        "model": "m",
+        "choices": [{"message": {"role": "assistant", "content": "unzipped"}}],
+    }
+    server.push(
+        RawReply(
+            body=gzip.compress(json.dumps(completion).encode()),
+            headers={"content-encoding": "gzip"},
+        )
+    )
+
+    reply = await model_for("openai", server.openai_base_url).complete(REQUEST)
+
+    assert reply.text == "unzipped"
