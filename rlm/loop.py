@@ -26,28 +26,22 @@ from rlm.events import (
     EventBus,
     FinalAnswer,
     IterationStarted,
-    ModelCallFinished,
-    ModelCallStarted,
-    ModelRetry,
     RunFailed,
     RunFinished,
     RunStarted,
-    clip,
     new_id,
 )
 from rlm.fingerprint import context_fingerprint
+from rlm.model_calls import call_model
 from rlm.output import UNTYPED, Answer, InvalidOutput, OutputSpec
 from rlm.providers.base import (
     Message,
     Model,
     ModelInfo,
     ModelPurpose,
-    ModelRequest,
     ModelResponse,
-    RetryDetails,
     ToolSpec,
     describe_model,
-    retry_listener,
 )
 from rlm.repl.background import BackgroundStartRepl
 from rlm.repl.base import Repl, ReplFactory, ReplHost
@@ -509,6 +503,10 @@ class _Run:
 
     # -- model calls ------------------------------------------------------------------
 
+    @property
+    def model_slots(self) -> asyncio.Semaphore:
+        return self.shared.model_slots
+
     async def call_model(
         self,
         model: Model,
@@ -520,108 +518,17 @@ class _Run:
         tools: tuple[ToolSpec, ...] = (),
         call_path: str | None = None,
     ) -> ModelResponse:
-        """Every model call goes through here: budget, concurrency, events, usage.
-
-        `call_path` names the call's place in the run tree (sub-calls pass theirs); root
-        and final calls are named by the iteration. It reaches the model in
-        `request.metadata["rlm.call_path"]`.
-        """
-        self.ledger.check()
-        sent = list(messages)
-        if sent and not sent[-1].cache_breakpoint:
-            # Mark the end of this request so the next one, which repeats it as its
-            # prefix, can be served from the provider's prompt cache.
-            sent[-1] = replace(sent[-1], cache_breakpoint=True)
-        if call_path is None:
-            place = {"root": "", "final": "final", "compaction": "c"}.get(purpose, purpose)
-            call_path = f"{self.path}#{place}{'' if purpose == 'final' else self.iteration}"
-        request = ModelRequest(
-            messages=tuple(sent),
-            tools=tools,
+        """Every model call goes through here (see `rlm.model_calls.call_model`)."""
+        return await call_model(
+            self,
+            model,
+            info,
+            messages,
             purpose=purpose,
-            metadata={**self.request_metadata, "rlm.call_path": call_path},
+            subcall_id=subcall_id,
+            tools=tools,
+            call_path=call_path,
         )
-        call_id = new_id()
-        async with self.shared.model_slots:
-            self.ledger.check()
-            await self.emit(
-                ModelCallStarted(
-                    **self._base(),
-                    call_id=call_id,
-                    model=info.name,
-                    provider=info.provider,
-                    purpose=purpose,
-                    iteration=self.iteration if purpose != "subcall" else None,
-                    subcall_id=subcall_id,
-                    message_count=len(sent),
-                    prompt_chars=sum(len(m.content) for m in sent),
-                    last_message=clip(sent[-1].content) if sent else "",
-                    server_address=info.server_address,
-                    server_port=info.server_port,
-                    temperature=(
-                        request.temperature if request.temperature is not None else info.temperature
-                    ),
-                    max_tokens=request.max_output_tokens or info.max_output_tokens,
-                    request=request,
-                )
-            )
-
-            async def on_retry(details: RetryDetails) -> None:
-                await self.emit(
-                    ModelRetry(
-                        **self._base(),
-                        call_id=call_id,
-                        model=details.model,
-                        attempt=details.attempt,
-                        wait_s=details.wait_s,
-                        error_type=details.error_type,
-                        error=details.error,
-                    )
-                )
-
-            def finished(**outcome: Any) -> ModelCallFinished:
-                return ModelCallFinished(
-                    **self._base(),
-                    call_id=call_id,
-                    model=info.name,
-                    provider=info.provider,
-                    purpose=purpose,
-                    subcall_id=subcall_id,
-                    **outcome,
-                )
-
-            token = retry_listener.set(on_retry)
-            started = time.perf_counter()
-            try:
-                response = await model.complete(request)
-            except (Exception, KeyboardInterrupt, SystemExit) as exc:
-                await self.emit(
-                    finished(
-                        latency_s=time.perf_counter() - started,
-                        error_type=type(exc).__name__,
-                        error=str(exc),
-                    )
-                )
-                raise
-            finally:
-                retry_listener.reset(token)
-        latency = time.perf_counter() - started
-        usage = response.usage if response.usage.requests else replace(response.usage, requests=1)
-        cost = self.ledger.record(info.name, usage)
-        await self.emit(
-            finished(
-                response_model=response.model,
-                response_id=response.id,
-                usage=usage,
-                cost_usd=cost,
-                latency_s=latency,
-                finish_reason=response.finish_reason,
-                text=clip(response.text),
-                text_chars=len(response.text),
-                reply=response,
-            )
-        )
-        return response
 
     # -- sub-calls ----------------------------------------------------------------------
 
