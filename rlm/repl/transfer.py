@@ -2,7 +2,7 @@
 
 A small context rides inside the `load` message. A large one is streamed through the
 worker's pipe right after it, from a thread, as chunks (`[u32 size][bytes]`, then a zero
-size) that `rlm.repl.worker` reads straight into the final object:
+size) that `rlm.repl.receive` (in the worker) reads straight into the final object:
 
 - a `str` goes as CPython's own characters (1, 2 or 4 bytes each, read from the string's
   memory with no copy), which the worker reads into a string it has allocated, so it

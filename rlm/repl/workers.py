@@ -65,7 +65,7 @@ WORKER_BOOT = (
     "main(sys.argv[1:])\n"
 )
 # The worker's modules, in import order.
-WORKER_MODULES = ("protocol", "helpers", "values", "output", "namespace", "worker")
+WORKER_MODULES = ("protocol", "helpers", "values", "output", "namespace", "receive", "worker")
 
 
 # -- the spawner thread ---------------------------------------------------------------------------
