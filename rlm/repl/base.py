@@ -104,6 +104,10 @@ class Repl(Protocol):
     `start` is called once per run; `execute` once per code block, in order; `close`
     always, even when the run fails. `execute` never raises for errors in the model's
     code: they come back in `ExecutionResult.error`.
+
+    The engine runs `start` as a task beside the run's first model call, so it may be
+    cancelled part-way (the run ended before the model wrote any code); `close` is
+    called after it all the same. An exception from `start` ends the run with it.
     """
 
     async def start(self, context: object, host: ReplHost) -> None: ...
