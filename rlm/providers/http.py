@@ -168,14 +168,14 @@ class _CauseTransport(httpx2.AsyncBaseTransport):
 def _read_here(response: httpx2.Response) -> bool:
     """Whether the body is small, of known length and not an event stream: then it is
     read before the response is returned, as the SDK would read it at once."""
-    headers = response.headers
-    length = headers.get("content-length")
-    return (
-        length is not None
-        and length.isdigit()
-        and int(length) <= EAGER_READ_BYTES
-        and "event-stream" not in headers.get("content-type", "")
-    )
+    length = b""
+    for name, value in response.headers.raw:  # one pass, not one per header looked up
+        name = name.lower()
+        if name == b"content-length":
+            length = value
+        elif name == b"content-type" and b"event-stream" in value:
+            return False
+    return length.isdigit() and int(length) <= EAGER_READ_BYTES
 
 
 async def _read(response: httpx2.Response, started: float) -> None:
@@ -290,15 +290,15 @@ class PreparedRequests:
         # Built as httpx2 copies a request (`stream=`), with the headers `content=` would
         # have added: what `content=` adds besides (parsing the content type, merging
         # default headers, rebuilding the header list) cost more than the rest of this.
-        headers = httpx2.Headers(template.headers, encoding=template.encoding)
-        headers["Content-Length"] = str(len(body))
         request = httpx2.Request(
             template.method,
             template.url,
-            headers=headers,
+            headers=template.headers,  # copied by the request
             stream=httpx2.ByteStream(body),
             extensions=dict(template.extensions),
         )
+        request.headers.encoding = template.encoding
+        request.headers["Content-Length"] = str(len(body))
         request.read()
         if self._idempotency_header and options.idempotency_key:
             request.headers[self._idempotency_header] = options.idempotency_key
