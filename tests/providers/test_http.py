@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2
+import openai
 import pytest
 
 import rlm
@@ -355,3 +356,27 @@ async def test_a_compressed_reply_is_decompressed(server: FakeLLMServer) -> None
     reply = await model_for("openai", server.openai_base_url).complete(REQUEST)
 
     assert reply.text == "unzipped"
+
+
+async def test_requests_are_the_ones_the_sdks_own_client_sends(server: FakeLLMServer) -> None:
+    # rlm's client builds requests from a template and skips AsyncOpenAI's per-request
+    # hooks for credentials it does not use: what goes on the wire must not change.
+    server.push("sdk", "rlm one", "rlm two")
+    model = model_for("openai", server.openai_base_url, api_key="sk-test")
+    body = model.request_body(REQUEST)
+    plain = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url=server.openai_base_url,
+        timeout=model.client.timeout,
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
+    async with plain:
+        await plain.post("/chat/completions", body=body, cast_to=httpx2.Response)
+    await model.complete(REQUEST)
+    await model.complete(REQUEST)
+
+    sdk, *ours = server.requests
+    for sent in ours:
+        assert (sent.method, sent.path, sent.json) == (sdk.method, sdk.path, sdk.json)
+        assert sent.headers == sdk.headers
