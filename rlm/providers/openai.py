@@ -288,12 +288,14 @@ class OpenAIModel:
         return body
 
     def _decode(self, reply: httpx2.Response) -> object:
-        kind = reply.headers.get("content-type", "application/json")
-        if "json" in kind.lower():
-            return json.loads(reply.content)  # invalid JSON: malformed, not retried
-        try:  # some servers and proxies label JSON as text, which the SDK reads too
+        # JSON whatever its label (some servers and proxies call it text, which the SDK
+        # reads too); the content type only decides how a body that is not JSON fails.
+        try:
             return json.loads(reply.content)
         except ValueError:
+            kind = reply.headers.get("content-type", "application/json")
+            if "json" in kind.lower():
+                raise  # invalid JSON: malformed, not retried
             raise self._malformed(
                 f"expected a JSON {self._reply_kind}, got {preview(reply.text)}"
             ) from None
