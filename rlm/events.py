@@ -450,7 +450,9 @@ class EventBus:
                 continue
             try:
                 outcome = subscriber(event)
-                if inspect.isawaitable(outcome):
+                # Most subscribers are plain functions: None is not awaitable, and
+                # asking inspect costs an ABC check per event and subscriber.
+                if outcome is not None and inspect.isawaitable(outcome):
                     await outcome
             except Exception:
                 logger.warning(
