@@ -153,6 +153,11 @@ class RLM:
         return self._config.sub_model
 
     @property
+    def tool_names(self) -> frozenset[str]:
+        """The names of every tool a run of this engine can call (root and child runs)."""
+        return frozenset(t.name for t in (*self._config.tools, *self._config.sub_tools))
+
+    @property
     def tool_stubs(self) -> tuple[ToolStub, ...]:
         """What the REPL is told of the root run's tools (a session's REPL gets these)."""
         return tuple(t.stub for t in self._config.tools)

@@ -291,6 +291,15 @@ def prepare_resume(
                 f"context given is {describe_fingerprint(given)}. Resume with the same "
                 "context (the same file, unchanged)."
             )
+    missing = sorted({call.name for call in point.tool_calls} - engine.tool_names)
+    if missing:
+        # Without them the replayed code's tool calls would fail, and the run would go
+        # live from there with different feedback: refuse instead.
+        raise ReplayError(
+            f"{point.path} was recorded with the tool(s) {', '.join(missing)}, which this "
+            "engine does not have. Resume with the same tools= (and sub_tools=) as the "
+            "recorded run."
+        )
     root_model, sub_model = engine.model, engine.sub_model
     info = describe_model(root_model)
     replay = ReplayModel(

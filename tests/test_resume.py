@@ -209,6 +209,10 @@ def test_recorded_tool_calls_are_answered_from_the_file(tmp_path: Path) -> None:
     cut_path = tmp_path / "cut.jsonl"
     cut_path.write_text("".join(lines[: starts[3] + 1]))
 
+    with pytest.raises(ReplayError, match=r"tool\(s\) lookup.*same tools="):
+        rlm.resume(
+            cut_path, context="ctx", model=FunctionModel(model_reply, name="m"), repl="inprocess"
+        )
     calls.clear()
     resumed = rlm.resume(
         cut_path,
