@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,9 +38,6 @@ from rlm.providers.base import (
     Message,
     Model,
     ModelInfo,
-    ModelPurpose,
-    ModelResponse,
-    ToolSpec,
     describe_model,
 )
 from rlm.repl.background import BackgroundStartRepl
@@ -358,8 +355,8 @@ class _Run:
             try:
                 if self.compaction.needed(messages, self.measured):
                     await self._compact(messages)
-                response = await self.call_model(
-                    self.model, self.model_info, messages, purpose="root", tools=tools
+                response = await call_model(
+                    self, self.model, self.model_info, messages, purpose="root", tools=tools
                 )
             except BudgetExceeded as exc:
                 self.iteration -= 1
@@ -425,8 +422,8 @@ class _Run:
         before = list(messages)
         request = self.compaction.summary_request(before)
         try:
-            response = await self.call_model(
-                self.model, self.model_info, request, purpose="compaction"
+            response = await call_model(
+                self, self.model, self.model_info, request, purpose="compaction"
             )
             summary = response.text
         except ContextTooLongError:
@@ -506,29 +503,6 @@ class _Run:
     @property
     def model_slots(self) -> asyncio.Semaphore:
         return self.shared.model_slots
-
-    async def call_model(
-        self,
-        model: Model,
-        info: ModelInfo,
-        messages: Sequence[Message],
-        *,
-        purpose: ModelPurpose,
-        subcall_id: str | None = None,
-        tools: tuple[ToolSpec, ...] = (),
-        call_path: str | None = None,
-    ) -> ModelResponse:
-        """Every model call goes through here (see `rlm.model_calls.call_model`)."""
-        return await call_model(
-            self,
-            model,
-            info,
-            messages,
-            purpose=purpose,
-            subcall_id=subcall_id,
-            tools=tools,
-            call_path=call_path,
-        )
 
     # -- sub-calls ----------------------------------------------------------------------
 

@@ -31,8 +31,13 @@ from rlm.providers.base import (
 class ModelCallRun(Protocol):
     """The run a model call belongs to."""
 
-    path: str
-    iteration: int
+    @property
+    def path(self) -> str:
+        """The run's place in the run tree (`rlm.call_path` prefix)."""
+        ...
+
+    @property
+    def iteration(self) -> int: ...
 
     @property
     def request_metadata(self) -> Mapping[str, str]:

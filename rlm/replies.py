@@ -7,21 +7,17 @@ These read and update one run through the `ReplyRun` protocol (the engine's `_Ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from rlm import prompts
-from rlm.budget import Ledger
 from rlm.errors import BudgetExceeded, ProviderError
-from rlm.events import CodeExecuted, CodeStarted, Event, FinalAnswer, ReplViolation, clip, new_id
+from rlm.events import CodeExecuted, CodeStarted, FinalAnswer, ReplViolation, clip, new_id
+from rlm.model_calls import ModelCallRun, call_model
 from rlm.output import Answer, FinalValue, InvalidOutput, OutputSpec
 from rlm.providers.base import (
     Message,
     Model,
     ModelInfo,
-    ModelPurpose,
-    ModelResponse,
-    ToolSpec,
 )
 from rlm.repl.base import ExecutionResult, Repl
 from rlm.result import CodeExecution
@@ -38,7 +34,7 @@ class ReplyConfig(Protocol):
     def max_output_chars(self) -> int: ...
 
 
-class ReplyRun(Protocol):
+class ReplyRun(ModelCallRun, Protocol):
     """The run whose reply is read."""
 
     iteration: int
@@ -52,27 +48,6 @@ class ReplyRun(Protocol):
 
     @property
     def config(self) -> ReplyConfig: ...
-
-    @property
-    def ledger(self) -> Ledger: ...
-
-    def _base(self) -> dict[str, Any]:
-        """The fields every event of this run carries."""
-        ...
-
-    async def emit(self, event: Event) -> None: ...
-
-    async def call_model(
-        self,
-        model: Model,
-        info: ModelInfo,
-        messages: Sequence[Message],
-        *,
-        purpose: ModelPurpose,
-        subcall_id: str | None = None,
-        tools: tuple[ToolSpec, ...] = (),
-        call_path: str | None = None,
-    ) -> ModelResponse: ...
 
 
 async def run_blocks(
@@ -166,8 +141,8 @@ async def ask_for_final(run: ReplyRun, repl: Repl, messages: list[Message]) -> A
     ask = prompts.LAST_ITERATION_TOOLS if parsing.tools() else prompts.LAST_ITERATION
     request = [*messages, Message("user", ask)]
     try:
-        response = await run.call_model(
-            run.model, run.model_info, request, purpose="final", tools=parsing.tools()
+        response = await call_model(
+            run, run.model, run.model_info, request, purpose="final", tools=parsing.tools()
         )
     except (BudgetExceeded, ProviderError):
         return None

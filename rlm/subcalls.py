@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from rlm import prompts
-from rlm.budget import Ledger
 from rlm.errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -25,8 +24,9 @@ from rlm.errors import (
     ProviderError,
     RLMError,
 )
-from rlm.events import Event, SubcallFinished, SubcallStarted, clip, new_id
-from rlm.providers.base import Message, Model, ModelInfo, ModelResponse
+from rlm.events import SubcallFinished, SubcallStarted, clip, new_id
+from rlm.model_calls import ModelCallRun, call_model
+from rlm.providers.base import Message, Model, ModelInfo
 from rlm.repl.base import LLMQueryError, ToolError, ToolStub
 from rlm.result import RLMResult
 from rlm.tools import ToolDispatch
@@ -92,7 +92,7 @@ class ChildRun(Protocol):
     async def execute(self) -> RLMResult: ...
 
 
-class SubcallOwner(Protocol):
+class SubcallOwner(ModelCallRun, Protocol):
     """The run a router belongs to."""
 
     fatal: BaseException | None
@@ -104,33 +104,10 @@ class SubcallOwner(Protocol):
     def shared(self) -> SubcallShared: ...
 
     @property
-    def ledger(self) -> Ledger: ...
-
-    @property
     def depth(self) -> int: ...
 
     @property
     def current_exec_id(self) -> str | None: ...
-
-    @property
-    def path(self) -> str: ...
-
-    def _base(self) -> dict[str, Any]:
-        """The fields every event of this run carries."""
-        ...
-
-    async def emit(self, event: Event) -> None: ...
-
-    async def call_model(
-        self,
-        model: Model,
-        info: ModelInfo,
-        messages: Sequence[Message],
-        *,
-        purpose: Literal["root", "subcall", "final"],
-        subcall_id: str | None = None,
-        call_path: str | None = None,
-    ) -> ModelResponse: ...
 
     def child(self, prompt: str, model: Model, subcall_id: str, path: str) -> ChildRun: ...
 
@@ -316,7 +293,8 @@ class SubcallRouter:
                             len(prompt), info.name, window, window_chars(window)
                         )
                     )
-                response = await run.call_model(
+                response = await call_model(
+                    run,
                     model,
                     info,
                     # Marked as call_model would mark it, without copying it there.
