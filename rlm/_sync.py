@@ -1,20 +1,35 @@
 """Running a coroutine to completion from synchronous code, interruptibly.
 
-Outside an event loop this is `asyncio.run` (whose Ctrl-C handling cancels the run). Inside
-one (Jupyter, or sync code called from a coroutine) the coroutine runs on its own loop in
-a helper thread, and the calling thread waits for it. `concurrent.futures` would leave a
-Ctrl-C in the calling thread to wait for the run to end by itself; here anything that
-interrupts the wait (KeyboardInterrupt, or a cancellation of the caller's task, which is
-how `asyncio.run` reports the first Ctrl-C) cancels the run's task in the helper thread,
-waits for it to clean up, and is then raised.
+Outside an event loop, each thread keeps one event loop (an `asyncio.Runner`) for the
+blocking calls it makes, so the SDK clients rlm builds for that loop, and their open
+connections, serve the thread's next runs too: a sync application that calls `rlm.run`
+again and again does not pay a new TCP (and TLS) connection for every model call of
+every run (a fan-out of 64 sub-calls opened 64 of them, 60-90 ms against a local
+server, a handshake each against a remote one). Apart from that a call behaves as
+`asyncio.run`: the coroutine runs in a copy of the caller's contextvars, Ctrl-C cancels
+it, and tasks it leaves behind are cancelled when it returns. Idle connections are
+dropped by aiohttp when next looked at (after `providers.http.IDLE_EXPIRY_S`); the loop
+and its clients are closed when the thread ends, at interpreter exit, and after any
+`BaseException` that is not an `Exception` (Ctrl-C), as `asyncio.run` would.
+
+Inside a running loop (Jupyter, or sync code called from a coroutine) the coroutine runs
+on its own loop in a helper thread, and the calling thread waits for it.
+`concurrent.futures` would leave a Ctrl-C in the calling thread to wait for the run to
+end by itself; here anything that interrupts the wait (KeyboardInterrupt, or a
+cancellation of the caller's task, which is how `asyncio.run` reports the first Ctrl-C)
+cancels the run's task in the helper thread, waits for it to clean up, and is then
+raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
+import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -29,7 +44,127 @@ def run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         caller = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(make())
+        return _thread_loop().run(make())
+    return _run_on_helper_thread(make, caller)
+
+
+class _ThreadLoop:
+    """The event loop one thread reuses for its blocking calls."""
+
+    def __init__(self) -> None:
+        # No global side effect: with a loop factory the runner does not make its loop
+        # the thread's current loop (`asyncio.get_event_loop()`) as `asyncio.run` does.
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        self.runner = asyncio.Runner(loop_factory=lambda: loop)
+        self.pid = os.getpid()
+        _open.add(self)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            # A fresh copy of the caller's contextvars for each call (the runner's own
+            # context would be the first caller's, kept from call to call).
+            result = self.runner.run(coro, context=contextvars.copy_context())
+        except Exception:
+            self._finish_leftovers()
+            raise
+        except BaseException:
+            # Ctrl-C (or SystemExit) may have stopped the loop part-way: end it as
+            # `asyncio.run` does, cancelling what is left and closing its clients.
+            self.close()
+            raise
+        self._finish_leftovers()
+        return result
+
+    def _finish_leftovers(self) -> None:
+        loop = self.loop
+        # One turn of the loop first: a dropped async generator's close is queued from
+        # wherever it was collected as a callback that makes the task.
+        loop.run_until_complete(asyncio.sleep(0))
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if not tasks:
+            return
+        for task in tasks:
+            # Closing a dropped async generator (a model's client being closed after the
+            # model was garbage-collected) is finished, not cancelled.
+            if type(task.get_coro()).__name__ != "async_generator_athrow":
+                task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                loop.call_exception_handler(
+                    {
+                        "message": "unhandled exception in a task left by a blocking run",
+                        "exception": task.exception(),
+                        "task": task,
+                    }
+                )
+
+    def close(self) -> None:
+        _open.discard(self)
+        if _local.__dict__.get("loop") is self:
+            del _local.loop
+        self._shut_down()
+
+    def __del__(self) -> None:
+        # The thread that owned it has ended (its thread-locals are being cleared).
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        if os.getpid() != self.pid or self.loop.is_closed() or self.loop.is_running():
+            return  # a forked copy's loop and sockets are the parent's
+        with contextlib.suppress(Exception):
+            # Clients of models dropped since the last run are closed, not cancelled.
+            self._finish_leftovers()
+        with contextlib.suppress(Exception):
+            self.runner.close()  # cancels what is left, closes the clients still held
+        with contextlib.suppress(Exception):
+            self.loop.close()  # a runner that never ran has not made it its own
+
+
+_local = threading.local()
+_open: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
+# Loops a forked child inherited: kept referenced so that nothing in the child finalizes
+# (and closes) the parent's selector and sockets.
+_inherited: list[object] = []
+
+
+def _thread_loop() -> _ThreadLoop:
+    loop: _ThreadLoop | None = _local.__dict__.get("loop")
+    if loop is None:
+        loop = _local.loop = _ThreadLoop()
+    return loop
+
+
+def close_thread_loop() -> None:
+    """Close the event loop this thread reuses for blocking runs, and the connections of
+    the clients built on it (a later blocking run makes a new one)."""
+    loop: _ThreadLoop | None = _local.__dict__.get("loop")
+    if loop is not None:
+        loop.close()
+
+
+def _close_all() -> None:
+    # At interpreter exit; a daemon thread may still be inside a run on its loop.
+    for loop in list(_open):
+        if not loop.loop.is_running():
+            loop.close()
+
+
+def _forget_after_fork() -> None:
+    global _local, _open
+    _inherited.append((_local, list(_open)))
+    _local = threading.local()
+    _open = weakref.WeakSet()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _run_on_helper_thread(
+    make: Callable[[], Coroutine[Any, Any, T]], caller: asyncio.AbstractEventLoop
+) -> T:
     caller_task = asyncio.current_task(caller)
     cancels_before = caller_task.cancelling() if caller_task is not None else 0
     started = threading.Event()

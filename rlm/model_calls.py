@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -23,9 +23,32 @@ from rlm.providers.base import (
     ModelRequest,
     ModelResponse,
     RetryDetails,
+    RetryListener,
     ToolSpec,
     retry_listener,
 )
+
+
+class _ListenerSlot:
+    """The run's retry listener for one call, emptied when the call ends.
+
+    An HTTP client schedules timers during a call (aiohttp's idle-connection cleanup),
+    and each keeps a copy of the call's contextvars for as long as the event loop lives,
+    which, for blocking runs, outlasts the run (`rlm._sync`). Emptied, the copy does not
+    keep the run (its history, its models) alive.
+    """
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, listener: RetryListener) -> None:
+        self._listener: RetryListener | None = listener
+
+    def __call__(self, details: RetryDetails) -> Awaitable[None] | None:
+        listener = self._listener
+        return None if listener is None else listener(details)
+
+    def clear(self) -> None:
+        self._listener = None
 
 
 class ModelCallRun(Protocol):
@@ -140,7 +163,8 @@ async def call_model(
                 **outcome,
             )
 
-        token = retry_listener.set(on_retry)
+        listener = _ListenerSlot(on_retry)
+        token = retry_listener.set(listener)
         started = time.perf_counter()
         try:
             response = await model.complete(request)
@@ -155,6 +179,7 @@ async def call_model(
             raise
         finally:
             retry_listener.reset(token)
+            listener.clear()
     latency = time.perf_counter() - started
     usage = response.usage if response.usage.requests else replace(response.usage, requests=1)
     cost = run.ledger.record(info.name, usage)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from rlm._sync import close_thread_loop
 from rlm.repl import workers
 
 # Threads that live for the process once started (not a leak).
@@ -23,7 +24,9 @@ LONG_LIVED_THREADS = ("rlm-repl-spawner", "rlm-repl-reaper")
 
 
 def settle() -> None:
-    """Dispose of spare workers and wait for every spawn and reap in flight."""
+    """Dispose of spare workers and wait for every spawn and reap in flight; close the
+    event loop (and its connections) that blocking runs on this thread keep."""
+    close_thread_loop()
     for _ in range(2):
         workers.pool.spawner.wait_idle(30)
         workers.pool.drain()

@@ -103,12 +103,13 @@ def preview(value: object, limit: int = 200) -> str:
 class PerLoop(Generic[C]):
     """One SDK client per event loop, closed when its loop shuts down.
 
-    An httpx connection pool belongs to the event loop that opened its connections, and
-    each `rlm.run` call runs its own loop, so a model reused across runs (or shared by
-    threads) needs a client for each loop. The first loop gets `first`; later ones get
-    `make()`. Clients rlm built are closed as their loop shuts down (`asyncio.run`
-    closes the loop's async generators, and a suspended one holds the client), so no
-    connection outlives its run.
+    A connection pool belongs to the event loop that opened its connections, and each
+    thread's blocking runs share a loop of their own (`rlm._sync`), so a model shared by
+    threads, or used both blocking and from an application's loop, needs a client for
+    each loop. The first loop gets `first`; later ones get `make()`. Clients rlm built
+    are closed as their loop shuts down (its async generators are closed then, and a
+    suspended one holds the client), or, once the model is dropped, when the loop next
+    runs (the generator's finalizer schedules its close there).
     """
 
     def __init__(self, first: C, make: Callable[[], C], *, owned: bool = True) -> None:

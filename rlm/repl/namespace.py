@@ -64,6 +64,18 @@ class _Sinks:
         self.stderr = stderr
 
 
+class _Discard:
+    """Where a finished cell's output goes: the caller has read its buffers already."""
+
+    __slots__ = ()
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
 _current_sinks: contextvars.ContextVar[_Sinks | None] = contextvars.ContextVar(
     "rlm_repl_sinks", default=None
 )
@@ -360,7 +372,8 @@ class Namespace:
         self._final = None
         filename = f"<cell {self._cell}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
-        token = _current_sinks.set(_Sinks(stdout, stderr))
+        sinks = _Sinks(stdout, stderr)
+        token = _current_sinks.set(sinks)
         error: str | None = None
         try:
             try:
@@ -385,6 +398,9 @@ class Namespace:
                 error = _format_exception(exc)
         finally:
             _current_sinks.reset(token)
+            # Copies of this context outlive the cell (a timer an HTTP client scheduled
+            # during a sub-call keeps one): let them not keep its buffers alive.
+            sinks.stdout = sinks.stderr = _Discard()
             restored = self._restore_helpers()
             if restored:
                 stderr.write(

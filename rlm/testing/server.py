@@ -204,6 +204,7 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connections_opened = 0
         self._port: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -314,6 +315,17 @@ class FakeLLMServer:
             return self._max_in_flight
 
     @property
+    def connections_opened(self) -> int:
+        """How many connections clients have opened so far."""
+        with self._lock:
+            return self._connections_opened
+
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open now (clients that have not closed theirs)."""
+        return len(self._tasks)
+
+    @property
     def remaining(self) -> list[Step]:
         """Script steps not used yet."""
         with self._lock:
@@ -336,6 +348,7 @@ class FakeLLMServer:
             self._requests.clear()
             self._steps = deque(script)
             self._max_in_flight = 0
+            self._connections_opened = 0
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -343,6 +356,8 @@ class FakeLLMServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        with self._lock:
+            self._connections_opened += 1
         try:
             while await self._one_request(reader, writer):
                 pass

@@ -1,0 +1,195 @@
+"""Blocking runs on one thread share an event loop, so a model's connections serve them all.
+
+Each test drives the real SDK clients against the fake server and counts the
+connections the server saw opened and still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import multiprocessing
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import rlm
+from rlm._sync import close_thread_loop, run_blocking
+from rlm.testing.server import FakeLLMServer
+
+ModelFactory = Callable[..., Any]
+
+ANSWER = ["FINAL(done)"]
+
+
+@pytest.fixture(autouse=True)
+def _own_loop() -> object:
+    # Each test starts and ends with no loop kept on this thread.
+    close_thread_loop()
+    yield
+    close_thread_loop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_blocking_runs_on_a_thread_reuse_the_models_connection(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model()
+    for _ in range(3):
+        server.push(*ANSWER)
+        assert rlm.run("q", "ctx", model=model, repl="inprocess").answer == "done"
+
+    assert len(server.requests) == 3
+    assert server.connections_opened == 1
+    assert server.open_connections == 1  # kept for the next run
+
+    close_thread_loop()
+    assert wait_for(lambda: server.open_connections == 0)
+
+
+def test_a_thread_closes_its_connections_when_it_ends(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model()
+    answers: list[str | None] = []
+
+    def worker() -> None:
+        for _ in range(2):
+            server.push(*ANSWER)
+            answers.append(rlm.run("q", "ctx", model=model, repl="inprocess").answer)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+
+    assert answers == ["done", "done"]
+    assert server.connections_opened == 1
+    assert wait_for(lambda: server.open_connections == 0)
+
+
+def test_each_thread_has_its_own_connections(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model()
+    server.push(*ANSWER * 4)
+    barrier = threading.Barrier(2)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(2):
+            rlm.run("q", "ctx", model=model, repl="inprocess")
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(server.requests) == 4
+    assert server.connections_opened == 2
+
+
+def test_a_dropped_model_is_freed_and_its_client_closed_by_a_later_run(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    server.push(*ANSWER * 2)
+    first = make_model()
+    rlm.run("q", "ctx", model=first, repl="inprocess")
+    dropped = weakref.ref(first)
+    del first
+    gc.collect()
+    # The loop kept for the thread holds nothing of the finished run.
+    assert dropped() is None
+    rlm.run("q", "ctx", model=make_model(), repl="inprocess")
+
+    # The dropped model's connection was closed during the second run; the second
+    # model's stays open for its next run.
+    assert server.connections_opened == 2
+    assert wait_for(lambda: server.open_connections == 1)
+
+
+def test_ctrl_c_closes_the_threads_loop_and_its_connections(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model()
+    server.push(*ANSWER)
+    rlm.run("q", "ctx", model=model, repl="inprocess")
+    assert server.open_connections == 1
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_blocking(interrupted)
+
+    assert wait_for(lambda: server.open_connections == 0)
+    server.push(*ANSWER)
+    assert rlm.run("q", "ctx", model=model, repl="inprocess").answer == "done"
+    assert server.connections_opened == 2
+
+
+def test_each_run_sees_the_callers_context_variables() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def read() -> str:
+        return var.get()
+
+    seen = []
+    for value in ("first", "second"):
+        var.set(value)
+        seen.append(run_blocking(read))
+    assert seen == ["first", "second"]
+
+
+def test_tasks_a_run_leaves_behind_are_cancelled_when_it_returns() -> None:
+    started: list[asyncio.Task[None]] = []
+
+    async def leave_a_task() -> str:
+        started.append(asyncio.ensure_future(asyncio.sleep(3600)))
+        await asyncio.sleep(0)
+        return "returned"
+
+    assert run_blocking(leave_a_task) == "returned"
+    assert started[0].cancelled()
+
+
+def _child_run(base_url: str, queue: multiprocessing.Queue[str]) -> None:
+    from rlm.providers.openai import OpenAIModel
+
+    model = OpenAIModel("gpt-4o-mini", base_url=base_url, api_key="test")
+    try:
+        queue.put(str(rlm.run("q", "ctx", model=model, repl="inprocess").answer))
+    except BaseException as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_forked_child_gets_its_own_loop(server: FakeLLMServer) -> None:
+    from rlm.providers.openai import OpenAIModel
+
+    model = OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url, api_key="test")
+    server.push(*ANSWER * 3)
+    rlm.run("q", "ctx", model=model, repl="inprocess")
+
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[str] = context.Queue()
+    child = context.Process(target=_child_run, args=(server.openai_base_url, queue))
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) == "done"
+
+    # The parent's loop and connection are untouched by the child.
+    assert rlm.run("q", "ctx", model=model, repl="inprocess").answer == "done"
+    assert server.connections_opened == 2
