@@ -145,11 +145,8 @@ def main() -> None:
         with FakeLLM(script.reply, latency_s=latency) as llm:
             for way in args.ways:
                 out = f"/tmp/rlm-http-floor-{os.getpid()}-{way}.json"
-                subprocess.run(
-                    [sys.executable, __file__, "--repeat", str(args.repeat)]
-                    + ["--child", way, llm.base_url, out],
-                    check=True,
-                )
+                command = [sys.executable, __file__, "--repeat", str(args.repeat)]
+                subprocess.run([*command, "--child", way, llm.base_url, out], check=True)
                 with open(out) as f:
                     result = json.load(f)
                 os.unlink(out)
