@@ -101,15 +101,18 @@ def preview(value: object, limit: int = 200) -> str:
 
 
 class PerLoop(Generic[C]):
-    """One SDK client per event loop, closed when its loop shuts down.
+    """One SDK client per event loop, closed when its loop shuts down or the model goes.
 
     A connection pool belongs to the event loop that opened its connections, and each
     thread's blocking runs share a loop of their own (`rlm._sync`), so a model shared by
     threads, or used both blocking and from an application's loop, needs a client for
-    each loop. The first loop gets `first`; later ones get `make()`. Clients rlm built
-    are closed as their loop shuts down (its async generators are closed then, and a
-    suspended one holds the client), or, once the model is dropped, when the loop next
-    runs (the generator's finalizer schedules its close there).
+    each loop. The first loop gets `first`; later ones get `make()`.
+
+    A client rlm built is closed on its own loop: when the loop shuts down (a suspended
+    async generator holds it, and `asyncio.run`, like `rlm._sync`, closes those), or soon
+    after the model is dropped (its close is scheduled on the loop, which runs it at once
+    if the loop is running, else when it next runs). Until then `_HELD` keeps the client
+    reachable: collected together with the model, aiohttp would report it unclosed.
     """
 
     def __init__(self, first: C, make: Callable[[], C], *, owned: bool = True) -> None:
@@ -117,26 +120,35 @@ class PerLoop(Generic[C]):
         self._make = make
         self._owned = owned
         self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[C, AsyncGenerator[None, None] | None]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def get(self) -> C:
         """The client for the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            entry = self._clients.get(loop)
-            if entry is not None:
-                return entry[0]
+            client = self._clients.get(loop)
+            if client is not None:
+                return client
             if self._first is not None:
                 client, self._first = self._first, None
             else:
                 client = self._make()
-            closer = _close_at_shutdown(client) if self._owned else None
-            self._clients[loop] = (client, closer)
-        if closer is not None:
+            self._clients[loop] = client
+        if self._owned:
+            closer = _close_at_shutdown(client)
             await closer.asend(None)
+            _HELD.setdefault(loop, set()).add(closer)
+            weakref.finalize(self, _close_later, weakref.ref(loop), closer)
         return client
+
+
+# Per event loop, the suspended closers (each holding its client) of the clients rlm
+# built for it; a loop's entry goes with the loop.
+_HELD: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[AsyncGenerator[None, None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
@@ -145,6 +157,25 @@ async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+def _close_later(
+    loop_ref: weakref.ref[asyncio.AbstractEventLoop], closer: AsyncGenerator[None, None]
+) -> None:
+    """The model is gone: close its client on the client's loop (from any thread)."""
+    loop = loop_ref()
+    if loop is None:
+        return
+    held = _HELD.get(loop)
+    if held is not None:
+        held.discard(closer)
+    with contextlib.suppress(RuntimeError):  # the loop is closed: so is the client
+        loop.call_soon_threadsafe(_start_close, loop, closer)
+
+
+def _start_close(loop: asyncio.AbstractEventLoop, closer: AsyncGenerator[None, None]) -> None:
+    # An `aclose()` task, which `rlm._sync` lets finish rather than cancel.
+    loop.create_task(closer.aclose())
 
 
 def adopt_client(
