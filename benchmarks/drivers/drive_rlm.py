@@ -5,8 +5,8 @@
 (only imported): the timed first run builds the model (its SDK client and TLS context)
 and the engine (its sandbox worker) as a new process would. Otherwise one `OpenAIModel`
 and one `RLM` serve every run, as the API intends (a model keeps one SDK client per
-event loop, and each `RLM.run()` has its own loop, so what a run's client costs to
-build is part of the run).
+event loop, and blocking runs on one thread share a loop: the first run builds the
+client and opens its connections, the later ones reuse them).
 
 `RLM_BENCH_PROFILE=/path/prof.txt` profiles each run after the first with pyinstrument.
 """
