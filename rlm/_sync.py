@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import contextvars
 import os
@@ -48,6 +49,11 @@ def run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return _run_on_helper_thread(make, caller)
 
 
+#: Seconds a closing loop waits for what its runs left (a task that ignores its
+#: cancellation, a client's close) before it is closed anyway.
+CLOSE_WAIT_S = 5.0
+
+
 class _ThreadLoop:
     """The event loop one thread reuses for its blocking calls."""
 
@@ -58,40 +64,47 @@ class _ThreadLoop:
         self.loop = loop
         self.runner = asyncio.Runner(loop_factory=lambda: loop)
         self.pid = os.getpid()
+        self.owner = weakref.ref(threading.current_thread())
         _open.add(self)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        # The default executor (DNS look-ups, `run_in_executor(None, ...)`) is the run's:
+        # its threads do not wait, idle, for the thread's next run.
+        executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="rlm-loop")
+        self.loop.set_default_executor(executor)
         try:
-            # A fresh copy of the caller's contextvars for each call (the runner's own
-            # context would be the first caller's, kept from call to call).
-            result = self.runner.run(coro, context=contextvars.copy_context())
+            try:
+                # A fresh copy of the caller's contextvars for each call (the runner's
+                # own context would be the first caller's, kept from call to call).
+                return self.runner.run(coro, context=contextvars.copy_context())
+            finally:
+                self._finish_leftovers()
+                executor.shutdown(wait=False)
         except Exception:
-            self._finish_leftovers()
             raise
         except BaseException:
             # Ctrl-C (or SystemExit) may have stopped the loop part-way: end it as
             # `asyncio.run` does, cancelling what is left and closing its clients.
             self.close()
             raise
-        self._finish_leftovers()
-        return result
 
-    def _finish_leftovers(self) -> None:
+    def _finish_leftovers(self, timeout: float | None = None) -> None:
+        """Cancel the tasks a run left, as `asyncio.run` does, and wait for them."""
         loop = self.loop
-        # One turn of the loop first: a dropped async generator's close is queued from
-        # wherever it was collected as a callback that makes the task.
+        # One turn of the loop first: a dropped model's client close is queued, from
+        # wherever the model was collected, as a callback that makes its task.
         loop.run_until_complete(asyncio.sleep(0))
         tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
         if not tasks:
             return
         for task in tasks:
-            # Closing a dropped async generator (a model's client being closed after the
-            # model was garbage-collected) is finished, not cancelled.
+            # Closing a dropped model's client (an async generator's `aclose()`) is
+            # finished, not cancelled.
             if type(task.get_coro()).__name__ != "async_generator_athrow":
                 task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
         for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 loop.call_exception_handler(
                     {
                         "message": "unhandled exception in a task left by a blocking run",
@@ -111,15 +124,22 @@ class _ThreadLoop:
         self._shut_down()
 
     def _shut_down(self) -> None:
-        if os.getpid() != self.pid or self.loop.is_closed() or self.loop.is_running():
+        loop = self.loop
+        if os.getpid() != self.pid or loop.is_closed() or loop.is_running():
             return  # a forked copy's loop and sockets are the parent's
-        with contextlib.suppress(Exception):
-            # Clients of models dropped since the last run are closed, not cancelled.
-            self._finish_leftovers()
-        with contextlib.suppress(Exception):
-            self.runner.close()  # cancels what is left, closes the clients still held
-        with contextlib.suppress(Exception):
-            self.loop.close()  # a runner that never ran has not made it its own
+        try:
+            with contextlib.suppress(Exception):
+                # Clients of models dropped since the last run are closed, not cancelled.
+                self._finish_leftovers(CLOSE_WAIT_S)
+            with contextlib.suppress(Exception):
+                # The clients still held (their suspended closers) close their connections.
+                shutdown = asyncio.wait_for(loop.shutdown_asyncgens(), CLOSE_WAIT_S)
+                loop.run_until_complete(shutdown)
+        finally:
+            # Not `shutdown_default_executor()`, which starts a thread (this may run
+            # while a thread ends); each run's executor was shut down after it.
+            with contextlib.suppress(Exception):
+                loop.close()
 
 
 _local = threading.local()
@@ -131,7 +151,7 @@ _inherited: list[object] = []
 
 def _thread_loop() -> _ThreadLoop:
     loop: _ThreadLoop | None = _local.__dict__.get("loop")
-    if loop is None:
+    if loop is None or loop.loop.is_closed():
         loop = _local.loop = _ThreadLoop()
     return loop
 
@@ -145,9 +165,12 @@ def close_thread_loop() -> None:
 
 
 def _close_all() -> None:
-    # At interpreter exit; a daemon thread may still be inside a run on its loop.
+    # At interpreter exit: this thread's loop, and those of threads that have ended.
+    # A daemon thread still alive may be inside a run on its own.
+    here = threading.current_thread()
     for loop in list(_open):
-        if not loop.loop.is_running():
+        owner = loop.owner()
+        if owner is None or owner is here or not owner.is_alive():
             loop.close()
 
 

@@ -53,10 +53,10 @@ DEFAULT_TIMEOUT_S = 60.0
 #: Docstring lines shown in the system prompt.
 DOC_LINES = 2
 
-# Sync tools run on these threads, not on the event loop's default executor: `asyncio.run`
-# waits for that one before it returns, so a tool past its timeout would hold up the
-# caller until it ended. Threads start as needed; in-flight calls are bounded per run
-# tree by `max_concurrency`.
+# Sync tools run on these threads, not on the event loop's default executor: the
+# application's `asyncio.run` waits for that one before it returns, so a tool past its
+# timeout would hold up the caller until it ended. Threads start as needed; in-flight
+# calls are bounded per run tree by `max_concurrency`.
 _TOOL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rlm-tool")
 
 _CONTEXT_NAME = re.compile(r"context(_\d+)?")

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         'executor="ray" needs Ray: pip install "rlm[ray]" (or pip install ray)'
     ) from exc
 
+from rlm._sync import run_blocking
 from rlm.batch.local import BatchJob
 from rlm.batch.outcome import BatchItem, Outcome
 from rlm.batch.spec import RunSpec, run_item
@@ -170,7 +171,9 @@ def _run_task(
         return Outcome(index, item_id, "failed", None, f"{type(exc).__name__}: {exc}", attempt)
     item = BatchItem(query=query, context=context, id=item_id)
     try:
-        return asyncio.run(run_item(spec, index, item_id, item, ledger, attempts=attempt))
+        # The worker's thread keeps its loop between items, so the prepared spec's
+        # models reuse their connections (`rlm._sync`).
+        return run_blocking(lambda: run_item(spec, index, item_id, item, ledger, attempts=attempt))
     finally:
         ledger.flush()
 

@@ -109,10 +109,11 @@ class PerLoop(Generic[C]):
     each loop. The first loop gets `first`; later ones get `make()`.
 
     A client rlm built is closed on its own loop: when the loop shuts down (a suspended
-    async generator holds it, and `asyncio.run`, like `rlm._sync`, closes those), or soon
-    after the model is dropped (its close is scheduled on the loop, which runs it at once
-    if the loop is running, else when it next runs). Until then `_HELD` keeps the client
-    reachable: collected together with the model, aiohttp would report it unclosed.
+    async generator holds it, and `asyncio.run`, like `rlm._sync`, closes those; the
+    model then forgets the loop), or soon after the model is dropped (a finalizer
+    schedules the close on the loop, which runs it at once if the loop is running, else
+    when it next runs or closes). The finalizer holds the client until then: collected
+    together with the model, aiohttp would report it unclosed.
     """
 
     def __init__(self, first: C, make: Callable[[], C], *, owned: bool = True) -> None:
@@ -123,6 +124,9 @@ class PerLoop(Generic[C]):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
             weakref.WeakKeyDictionary()
         )
+        self._finalizers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, weakref.finalize[Any, Any]
+        ] = weakref.WeakKeyDictionary()
 
     async def get(self) -> C:
         """The client for the running event loop."""
@@ -137,26 +141,34 @@ class PerLoop(Generic[C]):
                 client = self._make()
             self._clients[loop] = client
         if self._owned:
-            closer = _close_at_shutdown(client)
+            closer = _close_at_shutdown(client, weakref.ref(self), weakref.ref(loop))
             await closer.asend(None)
-            _HELD.setdefault(loop, set()).add(closer)
-            weakref.finalize(self, _close_later, weakref.ref(loop), closer)
+            self._finalizers[loop] = weakref.finalize(self, _close_later, weakref.ref(loop), closer)
         return client
 
+    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop has closed this model's client: let the loop go."""
+        with self._lock:
+            self._clients.pop(loop, None)
+            finalizer = self._finalizers.pop(loop, None)
+        if finalizer is not None:
+            finalizer.detach()
 
-# Per event loop, the suspended closers (each holding its client) of the clients rlm
-# built for it; a loop's entry goes with the loop.
-_HELD: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[AsyncGenerator[None, None]]] = (
-    weakref.WeakKeyDictionary()
-)
 
-
-async def _close_at_shutdown(client: Any) -> AsyncGenerator[None, None]:
+async def _close_at_shutdown(
+    client: Any,
+    owner: weakref.ref[PerLoop[Any]],
+    loop: weakref.ref[asyncio.AbstractEventLoop],
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
             await client.close()
+        # The client (and with it the loop) would otherwise stay with a living model.
+        model_clients, closed_on = owner(), loop()
+        if model_clients is not None and closed_on is not None:
+            model_clients._forget(closed_on)
 
 
 def _close_later(
@@ -166,9 +178,6 @@ def _close_later(
     loop = loop_ref()
     if loop is None:
         return
-    held = _HELD.get(loop)
-    if held is not None:
-        held.discard(closer)
     with contextlib.suppress(RuntimeError):  # the loop is closed: so is the client
         loop.call_soon_threadsafe(_start_close, loop, closer)
 

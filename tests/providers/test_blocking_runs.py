@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import rlm
+from rlm import _sync
 from rlm._sync import close_thread_loop, run_blocking
 from rlm.testing.server import FakeLLMServer
 
@@ -222,3 +223,76 @@ def test_a_model_dropped_in_a_running_loop_has_its_client_closed_there(
 
     # The application's loop goes on running: the close is not left to its shutdown.
     assert asyncio.run(main())
+
+
+def test_ctrl_c_while_leftovers_are_cancelled_still_closes_the_loop() -> None:
+    left: list[asyncio.Future[None]] = []
+
+    async def leave_a_stubborn_task() -> str:
+        async def stubborn() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise KeyboardInterrupt from None  # as a second Ctrl-C would arrive
+
+        left.append(asyncio.ensure_future(stubborn()))
+        await asyncio.sleep(0)
+        return "returned"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_blocking(leave_a_stubborn_task)
+    loops_after = [loop for loop in _sync._open if not loop.loop.is_closed()]
+    assert loops_after == []
+
+    async def fine() -> str:
+        return "fine"
+
+    assert run_blocking(fine) == "fine"  # on a new loop
+
+
+def test_a_thread_keeps_no_executor_threads_between_runs() -> None:
+    async def uses_the_default_executor() -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: 7)
+
+    before = {t.ident for t in threading.enumerate()}
+    assert run_blocking(uses_the_default_executor) == 7
+    # The executor's thread ends with the run; the loop stays for the next one.
+    assert wait_for(lambda: {t.ident for t in threading.enumerate()} <= before)
+    assert _sync._local.loop.loop.is_closed() is False
+
+
+def test_threads_that_ended_leave_no_thread_objects_behind() -> None:
+    async def uses_the_default_executor() -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: 1)
+
+    before = {t.ident for t in threading.enumerate()}
+    threads = [
+        threading.Thread(target=run_blocking, args=(uses_the_default_executor,)) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gc.collect()
+    assert wait_for(lambda: {t.ident for t in threading.enumerate()} <= before)
+
+
+def test_a_model_lets_go_of_the_loops_it_ran_on(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_run() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await rlm.arun("q", "ctx", model=model, repl="inprocess")
+
+    for _ in range(3):
+        server.push(*ANSWER)
+        asyncio.run(one_run())
+    gc.collect()
+
+    # Each loop closed the model's client for it; no later loop is kept (the first
+    # one's client is `model.client`, closed, which still names its loop).
+    assert [ref() for ref in loops[1:]] == [None, None]
+    assert wait_for(lambda: server.open_connections == 0)
