@@ -3,14 +3,14 @@
 Outside an event loop, each thread keeps one event loop (an `asyncio.Runner`) for the
 blocking calls it makes, so the SDK clients rlm builds for that loop, and their open
 connections, serve the thread's next runs too: a sync application that calls `rlm.run`
-again and again does not pay a new TCP (and TLS) connection for every model call of
-every run (a fan-out of 64 sub-calls opened 64 of them, 60-90 ms against a local
-server, a handshake each against a remote one). Apart from that a call behaves as
-`asyncio.run`: the coroutine runs in a copy of the caller's contextvars, Ctrl-C cancels
-it, and tasks it leaves behind are cancelled when it returns. Idle connections are
-dropped by aiohttp when next looked at (after `providers.http.IDLE_EXPIRY_S`); the loop
-and its clients are closed when the thread ends, at interpreter exit, and after any
-`BaseException` that is not an `Exception` (Ctrl-C), as `asyncio.run` would.
+again and again does not open a new connection (a TLS handshake, against a remote API)
+for every model call of every run. Apart from that a call behaves as `asyncio.run`: the
+coroutine runs in a copy of the caller's contextvars, Ctrl-C cancels it, and tasks it
+leaves behind are cancelled when it returns; each run has a default executor of its own.
+Idle connections stay open until the thread's next run, which drops those idle for more
+than `providers.http.IDLE_EXPIRY_S` (aiohttp does when it looks for one), as a sync HTTP
+client's pool would; the loop and its clients are closed when the thread ends, at
+interpreter exit, and after any `BaseException` that is not an `Exception` (Ctrl-C).
 
 Inside a running loop (Jupyter, or sync code called from a coroutine) the coroutine runs
 on its own loop in a helper thread, and the calling thread waits for it.
