@@ -68,25 +68,34 @@ class _ThreadLoop:
         _open.add(self)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        # The default executor (DNS look-ups, `run_in_executor(None, ...)`) is the run's:
-        # its threads do not wait, idle, for the thread's next run.
+        # The default executor (DNS look-ups, `run_in_executor(None, ...)`) is the run's,
+        # shut down (without waiting) after it: no idle thread waits for the next run.
         executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="rlm-loop")
         self.loop.set_default_executor(executor)
         try:
-            try:
-                # A fresh copy of the caller's contextvars for each call (the runner's
-                # own context would be the first caller's, kept from call to call).
-                return self.runner.run(coro, context=contextvars.copy_context())
-            finally:
-                self._finish_leftovers()
-                executor.shutdown(wait=False)
+            # A fresh copy of the caller's contextvars for each call (the runner's own
+            # context would be the first caller's, kept from call to call).
+            result = self.runner.run(coro, context=contextvars.copy_context())
         except Exception:
+            self._after_run(executor)
             raise
         except BaseException:
             # Ctrl-C (or SystemExit) may have stopped the loop part-way: end it as
-            # `asyncio.run` does, cancelling what is left and closing its clients.
+            # `asyncio.run` does, cancelling what is left and closing its clients, but
+            # without waiting long for a task that ignores its cancellation.
             self.close()
             raise
+        self._after_run(executor)
+        return result
+
+    def _after_run(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        try:
+            self._finish_leftovers()
+        except BaseException:
+            self.close()  # a Ctrl-C while leftovers are cancelled
+            raise
+        finally:
+            executor.shutdown(wait=False)
 
     def _finish_leftovers(self, timeout: float | None = None) -> None:
         """Cancel the tasks a run left, as `asyncio.run` does, and wait for them."""
@@ -117,16 +126,19 @@ class _ThreadLoop:
         _open.discard(self)
         if _local.__dict__.get("loop") is self:
             del _local.loop
-        self._shut_down()
-
-    def __del__(self) -> None:
-        # The thread that owned it has ended (its thread-locals are being cleared).
+            del _local.closer
         self._shut_down()
 
     def _shut_down(self) -> None:
         loop = self.loop
         if os.getpid() != self.pid or loop.is_closed() or loop.is_running():
             return  # a forked copy's loop and sockets are the parent's
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return  # not from inside another loop: left to its own thread's end or exit
         try:
             with contextlib.suppress(Exception):
                 # Clients of models dropped since the last run are closed, not cancelled.
@@ -142,6 +154,20 @@ class _ThreadLoop:
                 loop.close()
 
 
+class _CloseAtThreadEnd:
+    """Held only by the thread-local, so it goes when its thread ends, even if a kept
+    exception's traceback still holds the `_ThreadLoop`."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: _ThreadLoop) -> None:
+        self.loop = loop
+
+    def __del__(self) -> None:
+        _open.discard(self.loop)
+        self.loop._shut_down()
+
+
 _local = threading.local()
 _open: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
 # Loops a forked child inherited: kept referenced so that nothing in the child finalizes
@@ -153,6 +179,7 @@ def _thread_loop() -> _ThreadLoop:
     loop: _ThreadLoop | None = _local.__dict__.get("loop")
     if loop is None or loop.loop.is_closed():
         loop = _local.loop = _ThreadLoop()
+        _local.closer = _CloseAtThreadEnd(loop)
     return loop
 
 

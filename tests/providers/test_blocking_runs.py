@@ -7,6 +7,7 @@ connections the server saw opened and still open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import multiprocessing
@@ -22,11 +23,13 @@ import pytest
 import rlm
 from rlm import _sync
 from rlm._sync import close_thread_loop, run_blocking
-from rlm.testing.server import FakeLLMServer
+from rlm.providers import RetryPolicy
+from rlm.testing.server import ErrorReply, FakeLLMServer
 
 ModelFactory = Callable[..., Any]
 
 ANSWER = ["FINAL(done)"]
+FAST_NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 @pytest.fixture(autouse=True)
@@ -295,4 +298,56 @@ def test_a_model_lets_go_of_the_loops_it_ran_on(
     # Each loop closed the model's client for it; no later loop is kept (the first
     # one's client is `model.client`, closed, which still names its loop).
     assert [ref() for ref in loops[1:]] == [None, None]
+    assert wait_for(lambda: server.open_connections == 0)
+
+
+def test_ctrl_c_does_not_wait_for_a_task_that_ignores_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sync, "CLOSE_WAIT_S", 0.2)
+    left: list[asyncio.Future[None]] = []
+
+    async def interrupted() -> None:
+        async def stubborn() -> None:
+            while True:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(3600)
+
+        left.append(asyncio.ensure_future(stubborn()))
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            run_blocking(interrupted)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(30)  # it used to wait for the task for ever
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], KeyboardInterrupt)
+
+
+def test_a_kept_exception_does_not_keep_an_ended_threads_connections(
+    make_model: ModelFactory, server: FakeLLMServer
+) -> None:
+    model = make_model(retry=FAST_NO_RETRY)
+    server.push(ErrorReply(400, "no"))
+    kept: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            rlm.run("q", "ctx", model=model, repl="inprocess")
+        except Exception as exc:  # kept, traceback and all, past the thread's end
+            kept.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+
+    assert kept and server.connections_opened == 1
     assert wait_for(lambda: server.open_connections == 0)
