@@ -1,7 +1,8 @@
 """Blocking runs on one thread share an event loop, so a model's connections serve them all.
 
-Each test drives the real SDK clients against the fake server and counts the
-connections the server saw opened and still open.
+The tests with a model drive the real SDK clients against the fake server and count the
+connections it saw opened and still open; the others check what a kept loop must still
+do as `asyncio.run` did (contextvars, leftover tasks, Ctrl-C, threads, fork).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ FAST_NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 @pytest.fixture(autouse=True)
-def _own_loop() -> object:
+def _own_loop() -> Iterator[None]:
     # Each test starts and ends with no loop kept on this thread.
     close_thread_loop()
     yield
