@@ -121,36 +121,37 @@ class PerLoop(Generic[C]):
         self._make = make
         self._owned = owned
         self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._finalizers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, weakref.finalize[Any, Any]
+        # Per loop, its client and (for clients rlm built) the finalizer that closes it
+        # there if the model goes first.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[C, weakref.finalize[Any, Any] | None]
         ] = weakref.WeakKeyDictionary()
 
     async def get(self) -> C:
         """The client for the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._clients.get(loop)
-            if client is not None:
-                return client
+            entry = self._clients.get(loop)
+            if entry is not None:
+                return entry[0]
             if self._first is not None:
                 client, self._first = self._first, None
             else:
                 client = self._make()
-            self._clients[loop] = client
-        if self._owned:
-            closer = _close_at_shutdown(client, weakref.ref(self), weakref.ref(loop))
+            closer = None
+            finalizer = None
+            if self._owned:
+                closer = _close_at_shutdown(client, weakref.ref(self), weakref.ref(loop))
+                finalizer = weakref.finalize(self, _close_later, weakref.ref(loop), closer)
+            self._clients[loop] = (client, finalizer)
+        if closer is not None:
             await closer.asend(None)
-            self._finalizers[loop] = weakref.finalize(self, _close_later, weakref.ref(loop), closer)
         return client
 
     def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop has closed this model's client: let the loop go."""
         with self._lock:
-            self._clients.pop(loop, None)
-            finalizer = self._finalizers.pop(loop, None)
+            _, finalizer = self._clients.pop(loop, (None, None))
         if finalizer is not None:
             finalizer.detach()
 
